@@ -1,0 +1,18 @@
+"""Bijective RG blocks, priors and the hierarchical flow (one contract: nflows ``Transform``)."""
+from rgflow.flows.base import BlockSublayer, Transform
+from rgflow.flows.couplings import (
+    BLOCK_KINDS,
+    AffineCoupling,
+    ConditionerMLP,
+    SplineCoupling,
+    block_masks,
+    make_block,
+    spline_coupling,
+)
+from rgflow.flows.priors import PRIOR_KINDS, Prior
+from rgflow.flows.rgflow import RGFlow, build_flow
+
+__all__ = [
+    "Transform", "BlockSublayer", "AffineCoupling", "SplineCoupling", "ConditionerMLP", "spline_coupling", "block_masks",
+    "make_block", "BLOCK_KINDS", "Prior", "PRIOR_KINDS", "RGFlow", "build_flow",
+]

@@ -1,0 +1,57 @@
+r"""The bijection contract and the sublayer that applies one block bijection to every block.
+
+Contract (shared with nflows, whose ``Transform`` every rgflow bijection subclasses):
+
+* ``forward(x) -> (z, logabsdet)`` maps **data -> latent** and returns
+  ``logabsdet = ln |det dz/dx|`` per batch row, shape ``[B]``;
+* ``inverse(z) -> (x, logabsdet)`` maps latent -> data with ``ln |det dx/dz|``,
+  so ``forward`` and ``inverse`` log-dets of corresponding points sum to zero.
+
+The density of the data under a flow with prior ``p`` is therefore
+``ln q(x) = ln p(z) + logabsdet_forward(x)``.
+"""
+from __future__ import annotations
+
+import torch
+from nflows.transforms.base import Transform
+
+from rgflow.layout import Sublayer
+
+__all__ = ["Transform", "BlockSublayer"]
+
+
+class BlockSublayer(Transform):
+    r"""Apply one block bijection ``f: R^{C b^2} -> R^{C b^2}`` to all blocks of a sublayer.
+
+    The same weights act on every block (translation invariance at the block stride).
+    Block features are ordered channel-major: feature ``c * b^2 + j`` is channel ``c`` of the
+    block's ``j``-th site (row-major in the block).
+
+    Args:
+        sublayer: the :class:`~rgflow.layout.Sublayer` (its ``index: [n_blocks, b^2]``).
+        transform: an nflows-compatible transform on ``[N, C b^2]`` with per-row log-det.
+
+    Shapes: ``x: [B, C, L, L] -> (y: [B, C, L, L], logabsdet: [B])``.
+    """
+
+    def __init__(self, sublayer: Sublayer, transform: Transform):
+        super().__init__()
+        self.level, self.role = sublayer.level, sublayer.role
+        self.register_buffer("index", sublayer.index.clone(), persistent=False)
+        self.transform = transform
+
+    def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        B, C = x.shape[:2]
+        n_blocks, k = self.index.shape
+        flat = x.reshape(B, C, -1)
+        u = flat[:, :, self.index].permute(0, 2, 1, 3).reshape(B * n_blocks, C * k)
+        v, logdet = (self.transform.inverse if inverse else self.transform)(u)
+        v = v.reshape(B, n_blocks, C, k).permute(0, 2, 1, 3).reshape(B, C, n_blocks * k)
+        out = flat.index_copy(2, self.index.flatten(), v)
+        return out.reshape(x.shape), logdet.reshape(B, n_blocks).sum(1)
+
+    def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._map(inputs, inverse=False)
+
+    def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._map(inputs, inverse=True)

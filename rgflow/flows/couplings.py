@@ -1,0 +1,163 @@
+r"""Coupling bijections on one RG block (``C b^2`` features), identity at initialisation.
+
+* :class:`AffineCoupling` -- ``y_T = x_T * exp(s(x_I)) + t(x_I)`` with a tanh-bounded
+  log-scale ``s = s_max tanh(s_raw / s_max)`` (Dinh et al. 2017); built on nflows'
+  ``CouplingTransform`` masking.
+* :func:`spline_coupling` -- nflows' rational-quadratic spline coupling (Durkan et al. 2019)
+  with linear tails, its conditioner initialised so the spline is exactly the identity.
+* :func:`make_block` -- a stack of couplings with alternating masks (checkerboard, rows,
+  columns, and channels when ``C > 1``).
+
+All conditioners are small MLPs whose last layer starts at zero (identity at init).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from nflows.transforms.base import CompositeTransform
+from nflows.transforms.coupling import CouplingTransform, PiecewiseRationalQuadraticCouplingTransform
+from nflows.transforms.splines.rational_quadratic import (
+    DEFAULT_MIN_DERIVATIVE,
+    unconstrained_rational_quadratic_spline,
+)
+from torch import nn
+
+__all__ = ["ConditionerMLP", "AffineCoupling", "SplineCoupling", "spline_coupling", "block_masks", "make_block", "BLOCK_KINDS"]
+
+BLOCK_KINDS = ("affine", "spline")
+
+
+class ConditionerMLP(nn.Module):
+    """``in -> hidden -> ... -> out`` MLP with SiLU; last layer zero (output = bias at init)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 32, layers: int = 2):
+        super().__init__()
+        dims = [in_features] + [hidden] * layers
+        mods: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            mods += [nn.Linear(a, b), nn.SiLU()]
+        self.out = nn.Linear(dims[-1], out_features)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.body = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor, context=None) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class AffineCoupling(CouplingTransform):
+    r"""Affine coupling ``y_T = x_T e^{s} + t``, ``(t, s_raw) = NN(x_I)``, ``s = s_max tanh(s_raw/s_max)``.
+
+    ``forward`` log-det ``= sum s``; exactly the identity while the conditioner outputs zero.
+    """
+
+    def __init__(self, mask, transform_net_create_fn, scale_max: float = 3.0):
+        self.scale_max = scale_max
+        super().__init__(mask, transform_net_create_fn)
+
+    def _transform_dim_multiplier(self) -> int:
+        return 2
+
+    def _shift_log_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_transform_features
+        return params[:, :n], self.scale_max * torch.tanh(params[:, n:] / self.scale_max)
+
+    def _coupling_transform_forward(self, inputs, transform_params):
+        shift, log_scale = self._shift_log_scale(transform_params)
+        return inputs * torch.exp(log_scale) + shift, log_scale.sum(1)
+
+    def _coupling_transform_inverse(self, inputs, transform_params):
+        shift, log_scale = self._shift_log_scale(transform_params)
+        return (inputs - shift) * torch.exp(-log_scale), -log_scale.sum(1)
+
+
+class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
+    """nflows' rational-quadratic spline coupling with linear tails, calling nflows' spline directly.
+
+    nflows rescales the bin logits by ``1/sqrt(hidden)`` (and warns when it cannot); our
+    conditioners start at exactly zero output, so no rescaling is needed or done.
+    """
+
+    def _piecewise_cdf(self, inputs, transform_params, inverse=False):
+        K = self.num_bins
+        return unconstrained_rational_quadratic_spline(
+            inputs,
+            transform_params[..., :K],
+            transform_params[..., K : 2 * K],
+            transform_params[..., 2 * K :],
+            inverse=inverse,
+            tails="linear",
+            tail_bound=self.tail_bound,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+
+
+def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_bound: float = 4.0):
+    """nflows rational-quadratic spline coupling, linear tails, identity at initialisation.
+
+    The conditioner's output bias puts every interior knot derivative at exactly 1
+    (``softplus(b) + min_derivative = 1``) with uniform bins.
+    """
+    params_per_feature = 3 * num_bins - 1
+
+    def create(in_features: int, out_features: int) -> ConditionerMLP:
+        net = ConditionerMLP(in_features, out_features, hidden, layers)
+        with torch.no_grad():
+            bias = net.out.bias.view(-1, params_per_feature)
+            bias[:, 2 * num_bins :] = math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE))
+        return net
+
+    return SplineCoupling(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
+
+
+def block_masks(block: int, channels: int, n: int) -> list[torch.Tensor]:
+    """``n`` alternating coupling masks over ``channels * block^2`` features (1 = transformed).
+
+    Cycles through checkerboard, rows, columns (and channel halves if ``channels > 1``), each
+    followed by its complement, so every feature is transformed conditioned on several others.
+    """
+    i, j = torch.meshgrid(torch.arange(block), torch.arange(block), indexing="ij")
+    site_patterns = [((i + j) % 2).flatten(), (i < block // 2).long().flatten(), (j < block // 2).long().flatten()]
+    patterns = [p.repeat(channels) for p in site_patterns]
+    if channels > 1:
+        patterns.append((torch.arange(channels) < channels // 2).long().repeat_interleave(block * block))
+    masks = []
+    for t in range(n):
+        p = patterns[(t // 2) % len(patterns)]
+        masks.append(p if t % 2 == 0 else 1 - p)
+    return masks
+
+
+def make_block(
+    kind: str,
+    block: int,
+    channels: int = 1,
+    couplings: int = 4,
+    hidden: int = 32,
+    layers: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 4.0,
+) -> CompositeTransform:
+    """A block bijection on ``[N, channels * block^2]``: ``couplings`` coupling layers of ``kind``.
+
+    Args:
+        kind: ``"affine"`` or ``"spline"``.
+        block: block side ``b``; channels: field components ``C``.
+        couplings: number of coupling layers (masks alternate, see :func:`block_masks`).
+        hidden, layers: conditioner MLP width and depth.
+        num_bins, tail_bound: spline parameters (``kind="spline"``).
+    """
+    if kind not in BLOCK_KINDS:
+        raise ValueError(f"block kind {kind!r} is not allowed; allowed: {', '.join(BLOCK_KINDS)}")
+    if couplings < 1:
+        raise ValueError(f"couplings must be >= 1, got {couplings}")
+    layers_ = []
+    for mask in block_masks(block, channels, couplings):
+        if kind == "affine":
+            layers_.append(AffineCoupling(mask, lambda i, o: ConditionerMLP(i, o, hidden, layers)))
+        else:
+            layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound))
+    return CompositeTransform(layers_)

@@ -1,0 +1,95 @@
+r"""The hierarchical (MERA-like) RG flow: boundary field ``x`` <-> bulk latents ``z``.
+
+``forward`` runs the layout's sublayers fine -> coarse (disentangler, decimator per level),
+mapping data to latent; frozen latents stay in place, so ``z`` has ``x``'s shape and
+:meth:`rgflow.layout.Layout.split` reads out each level. ``inverse`` generates coarse -> fine.
+
+``ln q(x) = ln p(z) + ln |det dz/dx|``, ``z = forward(x)``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from nflows.transforms.base import Transform
+from torch import nn
+
+from rgflow.flows.base import BlockSublayer
+from rgflow.flows.couplings import make_block
+from rgflow.flows.priors import Prior
+from rgflow.layout import Layout
+from rgflow.physics.fields import check_field
+
+__all__ = ["RGFlow", "build_flow"]
+
+
+class RGFlow(Transform):
+    """Normalising flow on ``[B, C, L, L]`` fields built on a :class:`~rgflow.layout.Layout`.
+
+    Args:
+        layout: the RG hierarchy.
+        blocks: one block bijection per ``layout.sublayers`` entry, each an nflows-compatible
+            transform on ``[N, C b^2]`` (block types may differ per level).
+        prior: a :class:`~rgflow.flows.priors.Prior` over the latents.
+    """
+
+    def __init__(self, layout: Layout, blocks: Sequence[Transform], prior: Prior):
+        super().__init__()
+        if len(blocks) != len(layout.sublayers):
+            raise ValueError(f"blocks must have one transform per sublayer ({len(layout.sublayers)}), got {len(blocks)}")
+        self.layout = layout
+        self.channels = prior.channels
+        self.sublayers = nn.ModuleList(BlockSublayer(s, b) for s, b in zip(layout.sublayers, blocks))
+        self.prior = prior
+
+    def _check(self, t: torch.Tensor, name: str) -> None:
+        check_field(t, name=name, channels=self.channels, L=self.layout.L)
+
+    def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data -> latent: ``x [B, C, L, L] -> (z [B, C, L, L], ln|det dz/dx| [B])``."""
+        self._check(inputs, "x")
+        x, total = inputs, inputs.new_zeros(inputs.shape[0])
+        for layer in self.sublayers:
+            x, ld = layer(x)
+            total = total + ld
+        return x, total
+
+    def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent -> data: ``z -> (x, ln|det dx/dz| [B])``."""
+        self._check(inputs, "z")
+        z, total = inputs, inputs.new_zeros(inputs.shape[0])
+        for layer in reversed(self.sublayers):
+            z, ld = layer.inverse(z)
+            total = total + ld
+        return z, total
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``ln q(x)``: ``[B, C, L, L] -> [B]``."""
+        z, logdet = self.forward(x)
+        return self.prior.log_prob(z) + logdet
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` fields: returns ``(x [n, C, L, L], ln q(x) [n])`` (exact density)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (number of samples) must be a positive integer, got {n!r}")
+        z = self.prior.sample(n, generator=generator)
+        x, logdet = self.inverse(z)
+        return x, self.prior.log_prob(z) - logdet
+
+
+def build_flow(
+    layout: Layout,
+    channels: int = 1,
+    block: str = "affine",
+    couplings: int = 4,
+    hidden: int = 32,
+    layers: int = 2,
+    prior: str = "normal",
+    learn_level_scale: bool = False,
+    **block_kwargs,
+) -> RGFlow:
+    """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer)."""
+    blocks = [
+        make_block(block, layout.block, channels, couplings, hidden, layers, **block_kwargs) for _ in layout.sublayers
+    ]
+    return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale))

@@ -1,0 +1,15 @@
+import pytest
+import torch
+
+
+@pytest.fixture
+def float64():
+    """Run a test with float64 as the default dtype (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: thorough checks that take minutes")
