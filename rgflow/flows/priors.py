@@ -23,19 +23,24 @@ class Prior(nn.Module):
     """Site-factorised prior with optional learnable per-level (and per-channel) scale.
 
     Args:
-        layout: the RG layout (levels of each site).
+        layout: the RG layout (levels of each site), or an int ``L`` for a flat
+            (single-level) prior on an ``L x L`` lattice.
         channels: field components ``C``.
         kind: ``"normal"`` or ``"laplace"``.
         learn_level_scale: make ``log sigma[C, n_levels + 1]`` a trainable parameter.
     """
 
-    def __init__(self, layout: Layout, channels: int = 1, kind: str = "normal", learn_level_scale: bool = False):
+    def __init__(self, layout: Layout | int, channels: int = 1, kind: str = "normal", learn_level_scale: bool = False):
         super().__init__()
         if kind not in PRIOR_KINDS:
             raise ValueError(f"prior kind {kind!r} is not allowed; allowed: {', '.join(PRIOR_KINDS)}")
-        self.kind, self.channels, self.L = kind, channels, layout.L
-        self.register_buffer("level_of_site", layout.level_of_site.clone(), persistent=False)
-        log_scale = torch.zeros(channels, layout.n_levels + 1)
+        if isinstance(layout, int):
+            L, level_of_site, n_levels = layout, torch.zeros(layout, layout, dtype=torch.long), 0
+        else:
+            L, level_of_site, n_levels = layout.L, layout.level_of_site, layout.n_levels
+        self.kind, self.channels, self.L = kind, channels, L
+        self.register_buffer("level_of_site", level_of_site.clone(), persistent=False)
+        log_scale = torch.zeros(channels, n_levels + 1)
         if learn_level_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:

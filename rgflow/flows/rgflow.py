@@ -20,30 +20,26 @@ from rgflow.flows.priors import Prior
 from rgflow.layout import Layout
 from rgflow.physics.fields import check_field
 
-__all__ = ["RGFlow", "build_flow"]
+__all__ = ["FieldFlow", "RGFlow", "build_flow"]
 
 
-class RGFlow(Transform):
-    """Normalising flow on ``[B, C, L, L]`` fields built on a :class:`~rgflow.layout.Layout`.
+class FieldFlow(Transform):
+    """A normalising flow on ``[B, C, L, L]`` fields: a sequence of field bijections and a prior.
 
     Args:
-        layout: the RG hierarchy.
-        blocks: one block bijection per ``layout.sublayers`` entry, each an nflows-compatible
-            transform on ``[N, C b^2]`` (block types may differ per level).
+        layers: field transforms ``[B, C, L, L] -> ([B, C, L, L], [B])``, applied in order
+            data -> latent.
         prior: a :class:`~rgflow.flows.priors.Prior` over the latents.
     """
 
-    def __init__(self, layout: Layout, blocks: Sequence[Transform], prior: Prior):
+    def __init__(self, layers: Sequence[Transform], prior: Prior):
         super().__init__()
-        if len(blocks) != len(layout.sublayers):
-            raise ValueError(f"blocks must have one transform per sublayer ({len(layout.sublayers)}), got {len(blocks)}")
-        self.layout = layout
-        self.channels = prior.channels
-        self.sublayers = nn.ModuleList(BlockSublayer(s, b) for s, b in zip(layout.sublayers, blocks))
+        self.channels, self.L = prior.channels, prior.L
+        self.sublayers = nn.ModuleList(layers)
         self.prior = prior
 
     def _check(self, t: torch.Tensor, name: str) -> None:
-        check_field(t, name=name, channels=self.channels, L=self.layout.L)
+        check_field(t, name=name, channels=self.channels, L=self.L)
 
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> latent: ``x [B, C, L, L] -> (z [B, C, L, L], ln|det dz/dx| [B])``."""
@@ -75,6 +71,23 @@ class RGFlow(Transform):
         z = self.prior.sample(n, generator=generator)
         x, logdet = self.inverse(z)
         return x, self.prior.log_prob(z) - logdet
+
+
+class RGFlow(FieldFlow):
+    """The hierarchical flow: one block bijection per sublayer of a :class:`~rgflow.layout.Layout`.
+
+    Args:
+        layout: the RG hierarchy.
+        blocks: one block bijection per ``layout.sublayers`` entry, each an nflows-compatible
+            transform on ``[N, C b^2]`` (block types may differ per level).
+        prior: a :class:`~rgflow.flows.priors.Prior` over the latents.
+    """
+
+    def __init__(self, layout: Layout, blocks: Sequence[Transform], prior: Prior):
+        if len(blocks) != len(layout.sublayers):
+            raise ValueError(f"blocks must have one transform per sublayer ({len(layout.sublayers)}), got {len(blocks)}")
+        super().__init__([BlockSublayer(s, b) for s, b in zip(layout.sublayers, blocks)], prior)
+        self.layout = layout
 
 
 def build_flow(

@@ -38,10 +38,14 @@ __all__ = [
     "ising_spins",
     "primaries",
     "estimate_observables",
+    "chain_observables",
     "OBSERVABLE_NAMES",
+    "PRIMARY_OF",
 ]
 
 OBSERVABLE_NAMES = ("m", "abs_m", "chi", "chi_c", "binder", "e_link", "xi2")
+#: The primary whose autocorrelation time is reported for an observable name.
+PRIMARY_OF = {"m": "m1", "abs_m": "abs_m", "chi": "m2", "e_link": "e_link"}
 
 
 def magnetization(phi: torch.Tensor) -> torch.Tensor:
@@ -145,3 +149,40 @@ def estimate_observables(
         "xi2": lambda a: math.sqrt(max(a["g0"] / a["gp"] - 1.0, 0.0)) / s if a["gp"] > 0 else math.nan,
     }
     return {name: jackknife(p, fn, log_w=log_w, n_bins=n_bins) for name, fn in derived.items()}
+
+
+def chain_observables(
+    series: dict[str, np.ndarray], L: int, bin_factor: float = 10.0
+) -> tuple[dict[str, Estimate], dict[str, Estimate]]:
+    """Estimates from Markov chains, with errors corrected for autocorrelation.
+
+    Args:
+        series: primaries as ``name -> [chains, n]`` (or ``[n]`` for one chain).
+        L: lattice side.
+        bin_factor: jackknife bins are at least ``bin_factor * tau_int`` samples long (and never
+            cross from one chain into the next).
+
+    Returns:
+        ``(observables, tau_int)``: name -> :class:`Estimate`, and for :data:`PRIMARY_OF` names
+        the integrated autocorrelation time (in chain steps, averaged over chains) with its error.
+    """
+    from rgflow.stats import tau_int
+
+    series = {k: np.atleast_2d(np.asarray(v, np.float64)) for k, v in series.items()}
+    chains, n = next(iter(series.values())).shape
+    taus = {}
+    for name, prim in PRIMARY_OF.items():
+        vals = np.array([tau_int(series[prim][c])[:2] for c in range(chains)])
+        taus[name] = Estimate(float(vals[:, 0].mean()), float(np.sqrt((vals[:, 1] ** 2).sum()) / chains), n=chains * n)
+    tau_max = max(t.mean for t in taus.values())
+    bin_len = max(1, int(np.ceil(bin_factor * tau_max)))
+    per_chain = max(1, n // bin_len)
+    n_used = per_chain * bin_len
+    flat = {k: v[:, n - n_used :].reshape(-1) for k, v in series.items()}
+    flat["L"] = L
+    est = estimate_observables(flat, n_bins=max(2, chains * per_chain))
+    est = {
+        k: Estimate(e.mean, e.error, e.n, taus[k].mean if k in taus else None, taus[k].error if k in taus else None)
+        for k, e in est.items()
+    }
+    return est, taus

@@ -1,0 +1,218 @@
+"""``rgflow`` command line: builds a config and calls plain functions; nothing else.
+
+Subcommands: ``train``, ``eval``, ``sample``, ``demo``. Each is also a Python function
+(:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
+:func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
+stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml
+from rgflow.flows.couplings import BLOCK_KINDS
+from rgflow.flows.priors import PRIOR_KINDS
+from rgflow.physics.models import ACTION_PARAMS
+
+__all__ = ["main", "build_parser", "config_from_args", "sample_run"]
+
+log = logging.getLogger("rgflow")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # only flags that were given override the TOML file and the defaults
+    phys = p.add_argument_group("physics (names as in the action formulas)")
+    phys.add_argument("--action", choices=list(ACTION_PARAMS), default=S, help="lattice model (default phi4)")
+    phys.add_argument("--L", type=int, default=S, help="lattice side (default 8)")
+    for name in COUPLING_NAMES:
+        phys.add_argument(f"--{name}", type=float, default=S, help=f"coupling {name}")
+    flow = p.add_argument_group("flow")
+    flow.add_argument("--flow", choices=["mera", "tebd", "flat"], default=S, help="hierarchy (flat: tutorial baseline)")
+    flow.add_argument("--block", choices=list(BLOCK_KINDS), default=S, help="block bijection")
+    flow.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side b (even)")
+    flow.add_argument("--couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
+    flow.add_argument("--hidden", type=int, default=S, help="conditioner width")
+    flow.add_argument("--layers", type=int, default=S, help="conditioner hidden layers")
+    flow.add_argument("--repeats", type=int, default=S, help="disentangler/decimator pairs per level")
+    flow.add_argument("--depth", type=int, default=S, help="truncate the hierarchy to this many levels")
+    flow.add_argument("--num-bins", dest="num_bins", type=int, default=S, help="spline bins")
+    flow.add_argument("--tail-bound", dest="tail_bound", type=float, default=S, help="spline interval [-B, B]")
+    flow.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
+    opt.add_argument("--lr", type=float, default=S)
+    opt.add_argument("--optimizer", choices=["adam", "adamw"], default=S)
+    opt.add_argument("--schedule", choices=["cosine", "constant"], default=S)
+    opt.add_argument("--grad-clip", dest="grad_clip", type=float, default=S)
+    opt.add_argument("--path-gradient", dest="path_gradient", action="store_true", default=S)
+    opt.add_argument("--dtype", choices=["float32", "float64"], default=S)
+    opt.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
+    budget = p.add_argument_group("budget and bookkeeping")
+    budget.add_argument("--steps", type=int, default=S, help="optimisation steps")
+    budget.add_argument("--minutes", type=float, default=S, help="wall-clock training budget (default 5 if no --steps)")
+    budget.add_argument("--seed", type=int, default=S)
+    budget.add_argument("--eval-every", dest="eval_every", type=int, default=S)
+    budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S)
+    p.add_argument("--config", help="TOML file with the same keys (flags override it)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rgflow", description="The renormalization group as a learned bijection.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_arguments(sub.add_parser("train", help="train a flow by reverse KL from an action"))
+    ev = sub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables of a trained run")
+    ev.add_argument("run")
+    ev.add_argument("--samples", type=int, default=16384)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    sa = sub.add_parser("sample", help="draw samples from a trained run into an .npz file")
+    sa.add_argument("run")
+    sa.add_argument("-n", type=int, required=True, help="number of samples")
+    sa.add_argument("--out", required=True, help="output .npz file")
+    sa.add_argument("--seed", type=int, default=0)
+    de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
+    de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
+    de.add_argument("--minutes", type=float, default=4.0, help="training budget")
+    de.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+_NOT_CONFIG = {"config", "out", "resume", "dry_run", "command"}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- run folder (with --resume) <- TOML file <- command-line flags."""
+    data: dict = {}
+    if args.resume:
+        cfg_path = Path(args.out) / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"cannot resume: {args.out} is not a run folder (no config.json)")
+        data.update(json.loads(cfg_path.read_text()))
+    if args.config:
+        data.update(load_toml(args.config))
+    data.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    if "couplings" in data and not isinstance(data["couplings"], dict):
+        raise ValueError("couplings must be a table")
+    couplings = dict(data.pop("couplings", {}) or {})
+    for key in COUPLING_NAMES:
+        if key in data:
+            couplings[key] = data.pop(key)
+    if "steps" not in data and "minutes" not in data:
+        data["minutes"] = 5.0
+    return TrainConfig.from_dict({**data, "couplings": couplings})
+
+
+def _format_eval(res: dict) -> str:
+    from rgflow.stats import format_value_error as fmt
+
+    lines = [
+        f"{res['action']} {res['params']}  L={res['L']}  N={res['n_samples']}",
+        f"  ESS/N            {res['ess']:.4f}",
+        f"  IMH acceptance   {res['imh_acceptance']:.4f}",
+        f"  ln Z             {fmt(res['lnZ'], res['lnZ_err'])}" + (f"   exact {res['lnZ_exact']:.6f}" if "lnZ_exact" in res else ""),
+        f"  F_var            {fmt(res['f_variational'], res['f_variational_err'])}"
+        + (f"   KL(q||p) = {res['kl']:.4f}" if "kl" in res else ""),
+        f"  {'observable':<10} {'reweighted':>16} {'IMH':>16} {'tau_int(IMH)':>14}",
+    ]
+    for name, (v, e) in res["observables"].items():
+        vi, ei = res["observables_imh"][name]
+        tau = res["tau_int_imh"].get(name)
+        lines.append(f"  {name:<10} {fmt(v, e):>16} {fmt(vi, ei):>16} {fmt(*tau) if tau else '':>14}")
+    return "\n".join(lines)
+
+
+def sample_run(run: str, n: int, out: str, seed: int = 0) -> Path:
+    """Draw ``n`` samples of a trained run into ``out`` (.npz: ``fields``, ``log_q``, ``S``, metadata)."""
+    import torch
+
+    from rgflow.train import draw, load_run
+
+    if n < 1:
+        raise ValueError(f"-n (number of samples) must be a positive integer, got {n}")
+    out_path = Path(out)
+    if out_path.suffix != ".npz":
+        raise ValueError(f"--out must name an .npz file, got {out!r}")
+    if not out_path.parent.exists() or not os.access(out_path.parent, os.W_OK):
+        raise ValueError(f"--out {out!r}: folder {str(out_path.parent)!r} does not exist or is not writable")
+    cfg, flow, state = load_run(run)
+    action = cfg.make_action()
+    x, log_q, S = draw(flow, action, n, generator=torch.Generator(device=cfg.device).manual_seed(seed))
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out_path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, fields=x.cpu().numpy(), log_q=log_q.cpu().numpy(), S=S.cpu().numpy(),
+                 action=action.name, params=json.dumps(action.params), L=cfg.L, step=int(state["step"]))
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out_path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rgflow.train import evaluate, load_run, train
+
+    if args.command == "train":
+        cfg = config_from_args(args)
+        if args.dry_run:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        summary = train(cfg, args.out, resume=args.resume)
+        log.info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
+        return 0
+    if args.command == "eval":
+        if args.samples < 2:
+            raise ValueError(f"--samples must be >= 2, got {args.samples}")
+        cfg, flow, _ = load_run(args.run)
+        res = evaluate(flow, cfg.make_action(), args.samples, seed=args.seed)
+        print(json.dumps(res) if args.json else _format_eval(res))
+        return 0
+    if args.command == "sample":
+        path = sample_run(args.run, args.n, args.out, args.seed)
+        log.info("wrote %d samples to %s", args.n, path)
+        return 0
+    if args.command == "demo":
+        from rgflow.report import run_demo
+
+        if args.minutes <= 0:
+            raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+        run_dir = run_demo(args.out, minutes=args.minutes, seed=args.seed)
+        print(f"report: {run_dir / 'report.md'}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rgflow`` console script."""
+    from rgflow.train import CheckpointError, TrainingInterrupted
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return _run(args)
+    except TrainingInterrupted as exc:
+        print(f"rgflow {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ValueError, CheckpointError, FloatingPointError, OSError) as exc:
+        msg = str(exc).replace("\n", " ")
+        print(f"rgflow {args.command}: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,165 @@
+"""Training configuration: one dataclass, readable from TOML, dumped as JSON into every run folder.
+
+Every run is reproducible from its ``config.json``: ``TrainConfig.from_dict(json.load(...))``.
+Physics couplings use the names of the action formulas (``m2``, ``lam``, ``kappa``, ``t``, ``mu``,
+``T``, ``shift``); only those of the chosen action may be set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from rgflow.flows.couplings import BLOCK_KINDS
+from rgflow.flows.priors import PRIOR_KINDS
+from rgflow.physics.models import ACTION_PARAMS, Action, make_action
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["TrainConfig", "COUPLING_NAMES", "load_toml"]
+
+COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
+FLOW_KINDS = ("mera", "tebd", "flat")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (see ``rgflow train --help`` for each field)."""
+
+    # physics
+    action: str = "phi4"
+    L: int = 8
+    couplings: dict = field(default_factory=dict)
+    # flow
+    flow: str = "mera"
+    block: str = "spline"
+    block_size: int = 2
+    n_couplings: int = 4
+    hidden: int = 32
+    layers: int = 2
+    repeats: int = 1
+    depth: int | None = None
+    num_bins: int | None = None
+    tail_bound: float | None = None
+    prior: str = "normal"
+    learn_level_scale: bool = True
+    # optimisation
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    grad_clip: float = 10.0
+    path_gradient: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    # budget and bookkeeping
+    steps: int | None = None
+    minutes: float | None = None
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    eval_samples: int = 1024
+    ckpt_every: int = 500
+    max_bad_steps: int = 20
+
+    def __post_init__(self):
+        # The spline acts on [-tail_bound, tail_bound] and is the identity outside, so the
+        # interval must cover the field: |phi| < ~2 for phi^4-type actions, while the Ising
+        # relaxation's field sits near +-(c + 4 beta) ~ 3.6 at T_c with tails to ~7.
+        wide = self.action == "ising"
+        if self.tail_bound is None:
+            self.tail_bound = 10.0 if wide else 6.0
+        if self.num_bins is None:
+            self.num_bins = 12 if wide else 8
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and its allowed values."""
+
+        def choice(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+        def positive(name, integer=True, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            ok = isinstance(v, int) and not isinstance(v, bool) if integer else isinstance(v, (int, float))
+            if not ok or not math.isfinite(v) or v <= 0:
+                kind = "a positive integer" if integer else "a positive number"
+                raise ValueError(f"{name}={v!r} is not allowed: must be {kind}")
+
+        choice("action", list(ACTION_PARAMS))
+        choice("flow", FLOW_KINDS)
+        choice("block", BLOCK_KINDS)
+        choice("prior", PRIOR_KINDS)
+        choice("optimizer", ("adam", "adamw"))
+        choice("schedule", ("cosine", "constant"))
+        choice("dtype", ("float32", "float64"))
+        for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "batch_size"):
+            positive(name)
+        for name in ("log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
+            positive(name)
+        positive("lr", integer=False)
+        positive("grad_clip", integer=False)
+        positive("tail_bound", integer=False)
+        positive("steps", allow_none=True)
+        positive("minutes", integer=False, allow_none=True)
+        positive("depth", allow_none=True)
+        if self.steps is None and self.minutes is None:
+            raise ValueError("a budget is required: set steps (--steps K) or minutes (--minutes M)")
+        if not isinstance(self.couplings, dict):
+            raise ValueError(f"couplings must be a table of {', '.join(COUPLING_NAMES)}, got {self.couplings!r}")
+        self.couplings = dict(self.make_action().params)  # validated, defaults resolved
+        if self.flow == "flat":
+            if self.L < 2 or self.L % 2:
+                raise ValueError(f"L={self.L} is not allowed for flow='flat': the checkerboard needs an even L >= 2")
+        else:  # the layout validates L against the block size
+            from rgflow.layout import Layout
+
+            Layout(self.L, block=self.block_size, kind=self.flow, depth=self.depth or (1 if self.flow == "tebd" else None),
+                   repeats=self.repeats)
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+
+    def make_action(self) -> Action:
+        return make_action(self.action, **self.couplings)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        data = dict(data)
+        couplings = dict(data.pop("couplings", {}) or {})
+        for key in COUPLING_NAMES:  # flat coupling keys (TOML, CLI) go into the couplings table
+            if key in data:
+                couplings[key] = data.pop(key)
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names | set(COUPLING_NAMES)))}")
+        return cls(**data, couplings=couplings)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML config file into a flat dict; a missing or malformed file is a ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None

@@ -1,0 +1,86 @@
+"""Atomic checkpoints: a dict of state_dicts, plain numbers and the resolved config.
+
+``save_checkpoint`` writes ``<path>.tmp``, moves the previous checkpoint to ``<path>.prev`` and
+renames the temporary file into place, so a crash at any moment leaves a readable checkpoint.
+``load_checkpoint`` refuses truncated, corrupt, non-finite or incompatible files with a
+:class:`CheckpointError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "MODEL_KEYS"]
+
+CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
+#: Config fields that define the model and the target; a checkpoint only loads into a config
+#: that agrees on all of them.
+MODEL_KEYS = (
+    "action", "L", "couplings", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
+    "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def _all_finite(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return True
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` atomically to ``path``, keeping the previous one as ``<path>.prev``."""
+    path = Path(path)
+    if not _all_finite(state["model"]):
+        raise CheckpointError(f"{path}: refusing to write a checkpoint with non-finite parameters")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu") -> dict:
+    """Load and validate a checkpoint; with ``config``, also check it matches on :data:`MODEL_KEYS`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, pickled objects: all unusable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): {reason}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an rgflow checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = {"model", "optimizer", "step", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+    if not _all_finite(state["model"]):
+        raise CheckpointError(f"{path}: checkpoint holds non-finite parameters")
+    if config is not None:
+        diff = [k for k in MODEL_KEYS if state["config"].get(k) != config.get(k)]
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {state['config'].get(k)!r} vs config {config.get(k)!r}" for k in diff)
+            raise CheckpointError(f"{path}: checkpoint is from an incompatible config ({detail})")
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint.pt``, or ``checkpoint.pt.prev`` if only that survived."""
+    run_dir = Path(run_dir)
+    for name in ("checkpoint.pt", "checkpoint.pt.prev"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
