@@ -7,6 +7,10 @@ r"""Statistics as records: every Monte Carlo estimate carries its error (and, fo
 * :func:`tau_int` -- integrated autocorrelation time with Madras-Sokal / Wolff automatic
   windowing, ``tau = 1/2 + sum_{t=1}^W rho(t)`` with the smallest ``W >= c tau(W)``.
 * :func:`log_mean_exp`, :func:`effective_sample_size` -- importance-weight summaries.
+* :func:`pareto_khat` -- reliability of importance weights: the shape ``k`` of a generalised
+  Pareto fit to the largest weights (Vehtari et al., *Pareto smoothed importance sampling*).
+  For ``k > 0.7`` the weights' variance is effectively infinite and neither ``ln Z`` nor its
+  delta-method error can be trusted, however large the ESS looks.
 """
 from __future__ import annotations
 
@@ -16,7 +20,14 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Estimate", "format_value_error", "jackknife", "tau_int", "log_mean_exp", "effective_sample_size"]
+__all__ = [
+    "Estimate", "format_value_error", "jackknife", "tau_int", "autocorrelation", "log_mean_exp", "effective_sample_size",
+    "pareto_khat",
+    "KHAT_RELIABLE",
+]
+
+#: Above this Pareto shape importance-sampling estimates are unreliable (Vehtari et al. 2024).
+KHAT_RELIABLE = 0.7
 
 
 def format_value_error(mean: float, error: float, digits: int = 2) -> str:
@@ -105,7 +116,7 @@ def jackknife(
     return Estimate(float(full), err, n=N)
 
 
-def _autocorrelation(x: np.ndarray) -> np.ndarray:
+def autocorrelation(x: np.ndarray) -> np.ndarray:
     """Normalised autocorrelation ``rho(t)``, ``t = 0..N-1`` (FFT, zero-padded)."""
     x = np.asarray(x, np.float64) - np.mean(x)
     n = len(x)
@@ -128,7 +139,7 @@ def tau_int(x: np.ndarray, c: float = 6.0) -> tuple[float, float, np.ndarray]:
     n = len(x)
     if n < 4:
         raise ValueError(f"tau_int needs at least 4 samples, got {n}")
-    rho = _autocorrelation(x)
+    rho = autocorrelation(x)
     if not np.any(rho):
         return 0.5, 0.0, rho[:1]
     taus = 0.5 + np.cumsum(rho[1:])
@@ -137,3 +148,43 @@ def tau_int(x: np.ndarray, c: float = 6.0) -> tuple[float, float, np.ndarray]:
     W = int(windows[ok[0]]) if len(ok) else n - 1
     tau = float(max(taus[W - 1], 0.5))
     return tau, tau * math.sqrt(2 * (2 * W + 1) / n), rho[: W + 1]
+
+
+def _gpd_shape(y: np.ndarray, prior_n: float = 10.0) -> float:
+    """Shape ``k`` of a generalised Pareto fit to exceedances ``y > 0`` (sorted ascending).
+
+    Zhang & Stephens (2009) empirical-Bayes estimate: a profile likelihood over a grid of
+    ``theta`` (``k = mean(ln(1 - theta y))``), posterior-weighted, then shrunk towards 0.5 with
+    ``prior_n`` pseudo-observations as in PSIS.
+    """
+    n = len(y)
+    m = 30 + int(math.sqrt(n))
+    j = np.arange(1, m + 1, dtype=np.float64)
+    quartile = y[max(int(n / 4 + 0.5) - 1, 0)]
+    theta = 1.0 / y[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * quartile)
+    k = np.log1p(-theta[:, None] * y[None, :]).mean(axis=1)
+    profile = n * (np.log(-theta / k) - k - 1.0)
+    post = 1.0 / np.exp(profile[None, :] - profile[:, None]).sum(axis=1)
+    post /= post.sum()
+    theta_hat = float((theta * post).sum())
+    k_hat = float(np.log1p(-theta_hat * y).mean())  # theta < 0 for heavy tails, so k > 0
+    return (n * k_hat + prior_n * 0.5) / (n + prior_n)  # shrink towards 0.5 as PSIS does
+
+
+def pareto_khat(log_w: np.ndarray) -> float:
+    """Pareto shape ``k`` of the upper tail of the importance weights ``exp(log_w)``.
+
+    The tail is the largest ``M = ceil(min(N/5, 3 sqrt N))`` weights; ``k < 0.5``: finite
+    variance, ``0.5 < k < 0.7``: slow but usable, ``k > 0.7``: unreliable. Returns ``inf`` when
+    the tail is degenerate (fewer than 5 distinct tail weights).
+    """
+    log_w = np.asarray(log_w, dtype=np.float64)
+    n = len(log_w)
+    M = int(math.ceil(min(0.2 * n, 3 * math.sqrt(n))))
+    x = np.sort(log_w - log_w.max())
+    cutoff = x[-M - 1]
+    tail = np.exp(x[-M:]) - math.exp(cutoff)
+    tail = tail[tail > 0]
+    if len(tail) < 5:
+        return math.inf
+    return _gpd_shape(tail)

@@ -3,7 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from rgflow.stats import Estimate, effective_sample_size, format_value_error, jackknife, log_mean_exp, tau_int
+from rgflow.stats import (
+    Estimate,
+    effective_sample_size,
+    format_value_error,
+    jackknife,
+    log_mean_exp,
+    pareto_khat,
+    tau_int,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +57,15 @@ def test_tau_int_of_ar1(rho):
     tau, err, _ = tau_int(x)
     exact = (1 + rho) / (2 * (1 - rho))
     assert abs(tau - exact) < 3 * err + 0.02
+
+
+@pytest.mark.parametrize("xi", [0.5, 0.9, 1.3])
+def test_pareto_khat_recovers_tail_shape(xi):
+    u = np.random.default_rng(3).random(16384)
+    assert pareto_khat(-xi * np.log(u)) == pytest.approx(xi, abs=0.1)  # w = U^-xi has GPD shape xi
+
+
+def test_pareto_khat_light_tails_are_reliable():
+    rng = np.random.default_rng(4)
+    assert pareto_khat(rng.normal(0, 0.3, 16384)) < 0.3
+    assert pareto_khat(np.zeros(100)) == float("inf")  # degenerate: no tail to fit

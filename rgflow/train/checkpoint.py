@@ -19,7 +19,7 @@ CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
 #: that agrees on all of them.
 MODEL_KEYS = (
     "action", "L", "couplings", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
-    "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale",
+    "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "ode_method", "ode_steps",
 )
 
 
@@ -70,7 +70,13 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
     if not _all_finite(state["model"]):
         raise CheckpointError(f"{path}: checkpoint holds non-finite parameters")
     if config is not None:
-        diff = [k for k in MODEL_KEYS if state["config"].get(k) != config.get(k)]
+        # a key that an older checkpoint lacks was added later with a default reproducing old behaviour
+        from dataclasses import fields
+
+        from rgflow.config import TrainConfig
+
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        diff = [k for k in MODEL_KEYS if state["config"].get(k, defaults.get(k)) != config.get(k)]
         if diff:
             detail = ", ".join(f"{k}: checkpoint {state['config'].get(k)!r} vs config {config.get(k)!r}" for k in diff)
             raise CheckpointError(f"{path}: checkpoint is from an incompatible config ({detail})")

@@ -5,6 +5,9 @@ With log weights ``ln w = -S - ln q`` (``S`` in the action's frame, ``ln q`` exa
 * ``ess`` -- ``(sum w)^2 / (N sum w^2)``;
 * ``lnZ`` -- ``ln mean w + offset`` with ``lnZ_err = sqrt((1/ess - 1)/N)`` (delta method);
   ``offset`` maps to the reporting frame (the Ising model for the HS relaxation);
+* ``pareto_k`` -- Pareto shape of the weights' upper tail; ``lnZ_reliable = pareto_k < 0.7``.
+  Above it the weights have effectively infinite variance: ``lnZ`` is biased low and
+  ``lnZ_err`` underestimates the error, whatever the ESS says;
 * ``f_variational`` -- ``mean(ln q + S) - offset >= -lnZ_exact``; ``kl = f_variational + lnZ_exact``;
 * ``imh_acceptance`` and IMH observables with tau_int-corrected errors; reweighted observables
   with jackknife errors.
@@ -13,12 +16,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from rgflow.mcmc.imh import independence_metropolis
 from rgflow.physics.observables import chain_observables, estimate_observables, primaries
-from rgflow.stats import effective_sample_size, log_mean_exp
+from rgflow.stats import KHAT_RELIABLE, effective_sample_size, log_mean_exp, pareto_khat
 
 __all__ = ["draw", "evaluate"]
 
@@ -65,9 +67,11 @@ def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: in
         "ess": ess,
         "lnZ": log_mean_exp(log_w) + offset,
         "lnZ_err": math.sqrt(max(1.0 / ess - 1.0, 0.0) / n_samples),
+        "pareto_k": pareto_khat(log_w),
         "f_variational": float(f.mean()) - offset,
         "f_variational_err": float(f.std(ddof=1) / math.sqrt(n_samples)),
     }
+    out["lnZ_reliable"] = out["pareto_k"] < KHAT_RELIABLE
     exact = action.lnZ_exact(L)
     if exact is not None:
         out["lnZ_exact"] = exact

@@ -1,19 +1,28 @@
 """The training loop: a plain function from a :class:`~rgflow.config.TrainConfig` to a run folder.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object
-per logged step or evaluation) and ``checkpoint.pt`` (atomic; the previous one is kept as
-``checkpoint.pt.prev``). ``train(cfg, run, resume=True)`` continues a run where it stopped:
-same parameters, optimiser state, step count, elapsed time and RNG state.
+per logged step, evaluation or event) and ``checkpoint.pt`` (atomic; the previous one is kept
+as ``checkpoint.pt.prev``). ``train(cfg, run, resume=True)`` continues a run where it stopped:
+same parameters, optimiser state, step count, elapsed time and sampler RNG states, so with a
+step budget a killed and resumed run ends with the same parameters as an uninterrupted one.
 
-Robustness: a step with a non-finite loss or gradient is skipped and counted; after
-``max_bad_steps`` consecutive bad steps the run rolls back to its last checkpoint with the
-learning rate halved. SIGINT / SIGTERM write a checkpoint and raise :class:`TrainingInterrupted`.
+Data parallel: under ``torchrun`` every rank draws ``batch_size / world_size`` samples from its
+own stream (:func:`~rgflow.train.distributed.sampler_seed`), the :class:`ReverseKL` module is
+called through the ``DistributedDataParallel`` wrapper (gradients averaged), metrics are
+all-reduced, and only rank 0 writes files. At each checkpoint the ranks compare parameter
+checksums and stop if they ever differ.
+
+Robustness: a step with a non-finite loss or gradient (on any rank) is skipped and counted;
+after ``max_bad_steps`` consecutive bad steps the run rolls back to its last checkpoint with
+the learning rate halved. SIGINT / SIGTERM (on any rank) write a checkpoint and raise
+:class:`TrainingInterrupted`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,7 +38,8 @@ from rgflow.flows.rgflow import FieldFlow, build_flow
 from rgflow.layout import Layout
 from rgflow.physics.models import ACTION_PARAMS
 from rgflow.stats import effective_sample_size, log_mean_exp
-from rgflow.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 from rgflow.train.loss import ReverseKL
 
 __all__ = ["build_model", "train", "load_run", "TrainingInterrupted", "RunFolderError"]
@@ -50,18 +60,17 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (not a run, or already a run)."""
 
 
-def build_model(cfg: TrainConfig) -> FieldFlow:
-    """The flow a config describes, in the config's dtype and device."""
+def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
+    """The flow a config describes, in the config's dtype and device (or ``device``)."""
     channels = ACTION_PARAMS[cfg.action][1]
     if cfg.flow == "flat":
         flow = build_flat_flow(cfg.L, channels, n_layers=cfg.n_couplings, hidden=(cfg.hidden,) * cfg.layers)
     else:
         layout = Layout(cfg.L, block=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
-        extra = {"num_bins": cfg.num_bins, "tail_bound": cfg.tail_bound} if cfg.block == "spline" else {}
-        flow = build_flow(
-            layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior, cfg.learn_level_scale, **extra
-        )
-    return flow.to(dtype=_DTYPES[cfg.dtype], device=cfg.device)
+        flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
+                          cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
+                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps)
+    return flow.to(dtype=_DTYPES[cfg.dtype], device=device or cfg.device)
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, FieldFlow, dict]:
@@ -143,119 +152,150 @@ def _quick_eval(flow: FieldFlow, action, n: int, seed: int) -> dict:
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
     """Train ``cfg`` into ``run_dir``; with ``resume`` continue the run stored there.
 
+    Runs data-parallel when launched by ``torchrun`` (see the module docstring).
+
     Returns:
-        ``{"run_dir", "step", "elapsed", "loss", "bad_steps", "rollbacks"}``.
+        ``{"run_dir", "step", "elapsed", "loss", "bad_steps", "rollbacks", "world_size"}``.
     """
-    run_dir = Path(run_dir)
+    ctx, device = init_distributed(cfg.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg, Path(run_dir), resume, progress, ctx, device)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        ctx.close()
+
+
+def _param_checksum(flow: FieldFlow) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([(p.double() * (1 + torch.arange(p.numel(), device=p.device).reshape(p.shape) % 7)).sum()
+                            for p in flow.parameters()]).sum().reshape(1)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None, ctx: DistContext, device: str) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
     previous = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if resume and previous is None:
         raise RunFolderError(f"cannot resume: {run_dir} holds no checkpoint")
     if not resume and (previous is not None or (run_dir / "config.json").exists()):
         raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({ctx.world_size})")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+
     torch.manual_seed(cfg.seed)
     action = cfg.make_action()
-    flow = build_model(cfg)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-    except OSError as exc:
-        raise RunFolderError(f"cannot write to run folder {run_dir}: {exc.strerror}") from None
-    loss_fn = ReverseKL(flow, action, cfg.path_gradient)
-    opt = _make_optimizer(cfg, flow)
-    step, elapsed, bad_total, rollbacks, lr_scale = 0, 0.0, 0, 0, 1.0
+    flow = build_model(cfg, device)
+    saved = load_checkpoint(previous, cfg.to_dict(), map_location=device) if resume else None  # validate first
+    if ctx.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(run_dir / "config.json")
+        except OSError as exc:
+            raise RunFolderError(f"cannot write to run folder {run_dir}: {exc.strerror}") from None
+    ctx.barrier()
 
-    def restore(path: Path) -> None:
-        nonlocal step, elapsed, bad_total, rollbacks, lr_scale
-        state = load_checkpoint(path, cfg.to_dict(), map_location=cfg.device)
+    gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
+    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic)
+    model = loss_fn
+    if ctx.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=[ctx.local_rank] if "cuda" in device else None)
+    opt = _make_optimizer(cfg, flow)
+    n = {"step": 0, "elapsed": 0.0, "bad_steps": 0, "rollbacks": 0, "lr_scale": 1.0}
+
+    def restore(state: dict) -> None:
         flow.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
-        bad_total, rollbacks = int(state.get("bad_steps", 0)), int(state.get("rollbacks", 0))
-        lr_scale = float(state.get("lr_scale", 1.0))
-        torch.set_rng_state(state["rng"]["torch"])
-        if cfg.device.startswith("cuda") and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        for key in n:
+            n[key] = type(n[key])(state.get(key, n[key]))
+        streams = state.get("rng", {}).get("sampler", [])
+        if len(streams) == ctx.world_size:
+            gen.set_state(streams[ctx.rank].cpu())
+        else:
+            log.warning("checkpoint has %d sampler streams for %d processes: reseeding", len(streams), ctx.world_size)
+            gen.manual_seed(sampler_seed(cfg.seed + n["step"], ctx.rank))
 
-    def checkpoint() -> None:
-        rng = {"torch": torch.get_rng_state()}
-        if cfg.device.startswith("cuda"):
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": flow.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": step,
-                "elapsed": elapsed,
-                "bad_steps": bad_total,
-                "rollbacks": rollbacks,
-                "lr_scale": lr_scale,
-                "config": cfg.to_dict(),
-                "rng": rng,
-            },
-        )
+    def checkpoint(metrics) -> None:
+        sums = [float(t) for t in ctx.all_gather(_param_checksum(flow))]
+        if max(sums) != min(sums):
+            raise RuntimeError(f"parameters differ across ranks at step {n['step']}: checksums {sums}")
+        streams = [t.cpu() for t in ctx.all_gather(gen.get_state().to(device if "cuda" in device else "cpu"))]
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {"model": flow.state_dict(), "optimizer": opt.state_dict(), **n,
+                                        "config": cfg.to_dict(), "rng": {"sampler": streams}})
+            metrics.write(json.dumps({"step": n["step"], "event": "checkpoint", "param_checksums": sums}) + "\n")
+            metrics.flush()
+        ctx.barrier()
 
-    if resume:
-        restore(previous)
-        log.info("resumed %s at step %d (%.1f s trained)", run_dir, step, elapsed)
+    if saved is not None:
+        restore(saved)
+        log.info("resumed %s at step %d (%.1f s trained)", run_dir, n["step"], n["elapsed"])
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=cfg.steps, initial=step, disable=not show, desc="train", dynamic_ncols=True)
+    show = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=cfg.steps, initial=n["step"], disable=not show, desc="train", dynamic_ncols=True)
     consecutive_bad, loss_value = 0, float("nan")
-    with open(run_dir / "metrics.jsonl", "a") as metrics, _SignalFlag() as flag:
-        while _progress(cfg, step, elapsed) < 1.0:
-            if flag.signum is not None:
-                checkpoint()
+    metrics = open(run_dir / "metrics.jsonl", "a") if ctx.is_main else open(os.devnull, "w")
+    with metrics, _SignalFlag() as flag:
+        while True:
+            sync = ctx.all_reduce(torch.tensor([n["elapsed"], float(flag.signum or 0)], dtype=torch.float64,
+                                               device=device), "max")
+            n["elapsed"] = float(sync[0])
+            if _progress(cfg, n["step"], n["elapsed"]) >= 1.0:
+                break
+            if sync[1] > 0:
+                checkpoint(metrics)
                 bar.close()
-                raise TrainingInterrupted(flag.signum, step)
+                raise TrainingInterrupted(int(sync[1]), n["step"])
             t0 = time.perf_counter()
-            lr = cfg.lr * lr_scale * _lr_factor(cfg, _progress(cfg, step, elapsed))
+            lr = cfg.lr * n["lr_scale"] * _lr_factor(cfg, _progress(cfg, n["step"], n["elapsed"]))
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(cfg.batch_size)
-            ok = bool(torch.isfinite(loss))
+            loss = model(cfg.batch_size // ctx.world_size)
+            ok = bool(ctx.all_reduce(torch.isfinite(loss.detach()).to(torch.float64).reshape(1), "min"))
             if ok:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.grad_clip)
-                ok = bool(torch.isfinite(grad_norm))
+                ok = bool(torch.isfinite(grad_norm))  # gradients are already averaged over ranks
             if not ok:
                 consecutive_bad += 1
-                bad_total += 1
-                log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", step, consecutive_bad)
+                n["bad_steps"] += 1
+                log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", n["step"], consecutive_bad)
                 if consecutive_bad >= cfg.max_bad_steps:
                     last = latest_checkpoint(run_dir)
                     if last is None:
                         raise FloatingPointError(
                             f"{consecutive_bad} consecutive non-finite steps before any checkpoint; lower lr (now {cfg.lr})"
                         )
-                    restore(last)
-                    lr_scale *= 0.5
-                    rollbacks += 1
+                    restore(load_checkpoint(last, cfg.to_dict(), map_location=device))
+                    n["lr_scale"] *= 0.5
+                    n["rollbacks"] += 1
                     consecutive_bad = 0
-                    log.warning("rolled back to %s (step %d), learning rate scaled by %g", last, step, lr_scale)
-                    metrics.write(json.dumps({"step": step, "event": "rollback", "lr_scale": lr_scale}) + "\n")
+                    log.warning("rolled back to %s (step %d), learning rate scaled by %g", last, n["step"], n["lr_scale"])
+                    metrics.write(json.dumps({"step": n["step"], "event": "rollback", "lr_scale": n["lr_scale"]}) + "\n")
                 continue
             opt.step()
             consecutive_bad = 0
-            step += 1
-            elapsed += time.perf_counter() - t0
-            loss_value = float(loss.detach())
+            n["step"] += 1
+            n["elapsed"] += time.perf_counter() - t0
+            step = n["step"]
             bar.update(1)
             if step % cfg.log_every == 0:
-                log_w = loss_fn.last_log_w.double().cpu().numpy()
-                rec = {"step": step, "time": round(elapsed, 3), "loss": loss_value, "ess_batch": effective_sample_size(log_w),
-                       "lr": lr, "grad_norm": float(grad_norm)}
+                loss_value = float(ctx.all_reduce(loss.detach().double().reshape(1))) / ctx.world_size
+                log_w = torch.cat(ctx.all_gather(loss_fn.last_log_w)).double().cpu().numpy()
+                rec = {"step": step, "time": round(n["elapsed"], 3), "loss": loss_value,
+                       "ess_batch": effective_sample_size(log_w), "lr": lr, "grad_norm": float(grad_norm)}
                 metrics.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{loss_value:.3f}", ess=f"{rec['ess_batch']:.2f}")
-            if step % cfg.eval_every == 0:
-                metrics.write(json.dumps({"step": step, "time": round(elapsed, 3),
+            if step % cfg.eval_every == 0 and ctx.is_main:
+                metrics.write(json.dumps({"step": step, "time": round(n["elapsed"], 3),
                                           "eval": _quick_eval(flow, action, cfg.eval_samples, seed=step)}) + "\n")
                 metrics.flush()
             if step % cfg.ckpt_every == 0:
-                checkpoint()
-        checkpoint()
+                checkpoint(metrics)
+        if n["step"] % cfg.ckpt_every or n["step"] == 0:
+            checkpoint(metrics)
     bar.close()
-    return {"run_dir": str(run_dir), "step": step, "elapsed": elapsed, "loss": loss_value, "bad_steps": bad_total,
-            "rollbacks": rollbacks}
+    return {"run_dir": str(run_dir), "step": n["step"], "elapsed": n["elapsed"], "loss": loss_value,
+            "bad_steps": n["bad_steps"], "rollbacks": n["rollbacks"], "world_size": ctx.world_size}

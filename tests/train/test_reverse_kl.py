@@ -46,23 +46,25 @@ def test_path_gradient_has_same_loss_value():
     assert all(p.grad is not None for p in flow.parameters())
 
 
+def _train_and_evaluate(path, n_eval, **overrides):
+    cfg = TrainConfig(L=4, block="affine", batch_size=128, eval_every=10**6, seed=0, **overrides)
+    train(cfg, path)
+    cfg, flow, _ = load_run(path)
+    return evaluate(flow, cfg.make_action(), n_eval, seed=1)
+
+
 def test_free_field_training_reaches_exact_lnZ(tmp_path):
-    cfg = TrainConfig(action="free", L=4, couplings={"m2": 1.0}, block="affine", steps=1200, batch_size=128,
-                      eval_every=10**6, seed=0)
-    train(cfg, tmp_path / "run")
-    cfg, flow, _ = load_run(tmp_path / "run")
-    res = evaluate(flow, cfg.make_action(), 8192, seed=1)
+    res = _train_and_evaluate(tmp_path / "run", 8192, action="free", couplings={"m2": 1.0}, steps=1200)
     assert res["ess"] > 0.9
     assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"]
     assert res["kl"] > -3 * res["f_variational_err"]
 
 
 def test_ising_relaxation_reweighted_lnZ_matches_exact(tmp_path):
-    cfg = TrainConfig(action="ising", L=4, couplings={"T": 2.269185314213022}, block="affine", steps=1500, batch_size=128,
-                      eval_every=10**6, seed=0)
-    train(cfg, tmp_path / "run")
-    cfg, flow, _ = load_run(tmp_path / "run")
-    res = evaluate(flow, cfg.make_action(), 16384, seed=2)
-    assert res["ess"] > 0.01
+    # The Z2-odd flow covers both magnetisation sectors by construction; a plain flow trained by
+    # (mode-seeking) reverse KL may settle in one and miss ln 2 of ln Z.
+    res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", couplings={"T": 2.269185314213022}, steps=1500,
+                              symmetric=True)
+    assert res["ess"] > 0.03 and res["lnZ_reliable"]
     assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"]
     assert res["lnZ_err"] < 0.05
