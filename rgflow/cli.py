@@ -1,8 +1,8 @@
 """``rgflow`` command line: builds a config and calls plain functions; nothing else.
 
-Subcommands: ``train``, ``eval``, ``sample``, ``demo``. Each is also a Python function
+Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``demo``. Each is also a Python function
 (:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
-:func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
+:func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
@@ -34,13 +34,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _train_arguments(p: argparse.ArgumentParser) -> None:
+def _physics_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # only flags that were given override the TOML file and the defaults
     phys = p.add_argument_group("physics (names as in the action formulas)")
     phys.add_argument("--action", choices=list(ACTION_PARAMS), default=S, help="lattice model (default phi4)")
     phys.add_argument("--L", type=int, default=S, help="lattice side (default 8)")
     for name in COUPLING_NAMES:
         phys.add_argument(f"--{name}", type=float, default=S, help=f"coupling {name}")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    _physics_arguments(p)
     flow = p.add_argument_group("flow")
     flow.add_argument("--flow", choices=["mera", "tebd", "flat"], default=S, help="hierarchy (flat: tutorial baseline)")
     flow.add_argument("--block", choices=list(BLOCK_KINDS), default=S, help="block bijection")
@@ -53,6 +58,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     flow.add_argument("--num-bins", dest="num_bins", type=int, default=S, help="spline bins")
     flow.add_argument("--tail-bound", dest="tail_bound", type=float, default=S, help="spline interval [-B, B]")
     flow.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
+    flow.add_argument("--symmetric", action="store_true", default=S,
+                      help="exactly symmetric blocks: Z2 (phi -> -phi) for real fields, U(1) for complex (ode)")
+    flow.add_argument("--ode-method", dest="ode_method", choices=["rk4", "euler", "midpoint", "dopri5"], default=S)
+    flow.add_argument("--ode-steps", dest="ode_steps", type=int, default=S, help="fixed-step ODE solver steps")
+    flow.add_argument("--ode-kinetic", dest="ode_kinetic", type=float, default=S, help="RNODE kinetic-energy weight")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     opt.add_argument("--lr", type=float, default=S)
@@ -67,7 +77,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--minutes", type=float, default=S, help="wall-clock training budget (default 5 if no --steps)")
     budget.add_argument("--seed", type=int, default=S)
     budget.add_argument("--eval-every", dest="eval_every", type=int, default=S)
-    budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S)
+    budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, help="checkpoint every K steps")
+    budget.add_argument("--deterministic", action="store_true", default=S,
+                        help="deterministic algorithms (with --steps, a killed and resumed run is bit-identical)")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
@@ -88,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("-n", type=int, required=True, help="number of samples")
     sa.add_argument("--out", required=True, help="output .npz file")
     sa.add_argument("--seed", type=int, default=0)
+    from rgflow.mcmc.run import SAMPLERS
+
+    mc = sub.add_parser("mcmc", help="Markov chains (physical, flow-IMH, latent HMC) with tau_int and costs")
+    mc.add_argument("run", nargs="?", help="trained run folder (needed for imh and latent-hmc)")
+    mc.add_argument("--sampler", choices=list(SAMPLERS), required=True)
+    mc.add_argument("--n", type=int, default=2000, help="recorded steps per chain")
+    mc.add_argument("--chains", type=int, default=16)
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
+    _physics_arguments(mc)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
     de.add_argument("--minutes", type=float, default=4.0, help="training budget")
@@ -128,6 +151,8 @@ def _format_eval(res: dict) -> str:
         f"  ESS/N            {res['ess']:.4f}",
         f"  IMH acceptance   {res['imh_acceptance']:.4f}",
         f"  ln Z             {fmt(res['lnZ'], res['lnZ_err'])}" + (f"   exact {res['lnZ_exact']:.6f}" if "lnZ_exact" in res else ""),
+        f"  Pareto k         {res['pareto_k']:.3f}" + ("" if res["lnZ_reliable"] else
+                                                       "   (> 0.7: heavy-tailed weights, ln Z and its error unreliable)"),
         f"  F_var            {fmt(res['f_variational'], res['f_variational_err'])}"
         + (f"   KL(q||p) = {res['kl']:.4f}" if "kl" in res else ""),
         f"  {'observable':<10} {'reweighted':>16} {'IMH':>16} {'tau_int(IMH)':>14}",
@@ -167,6 +192,47 @@ def sample_run(run: str, n: int, out: str, seed: int = 0) -> Path:
     return out_path
 
 
+def _mcmc(args: argparse.Namespace) -> int:
+    from rgflow.layout import Layout
+    from rgflow.mcmc.run import plot_autocorrelation, run_sampler, save_chain, summarize
+    from rgflow.physics.models import make_action
+    from rgflow.stats import format_value_error as fmt
+    from rgflow.train import load_run
+
+    physics = {k: v for k, v in vars(args).items() if k == "action" or k == "L" or k in COUPLING_NAMES}
+    flow = None
+    if args.run:
+        if physics:
+            raise ValueError(f"--{next(iter(physics))} cannot be combined with a run folder: the run fixes the physics")
+        cfg, flow, _ = load_run(args.run)
+        action, L = cfg.make_action(), cfg.L
+    else:
+        action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
+        L = physics.get("L", 8)
+        Layout(L)  # the same lattice sizes as everywhere else
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.suffix != ".npz" or not out.parent.is_dir()):
+        raise ValueError(f"--out must name an .npz file in an existing folder, got {args.out!r}")
+    res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow)
+    summary = summarize(res, action, L)
+    if out is not None:
+        save_chain(res, out, action, L)
+        plot_autocorrelation(res, summary, out.with_suffix(".png"))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['sampler']} on {action.name} {action.params} L={L}: {summary['chains']} chains x {args.n} steps, "
+          f"acceptance {summary['acceptance']:.3f}, {summary['seconds_per_step'] * 1e3:.3f} ms and "
+          f"{summary['grad_evals_per_step']:g} gradients per step")
+    print(f"  {'observable':<10} {'value':>16} {'tau_int':>12} {'s / indep. sample':>18}")
+    for name, (v, e) in summary["observables"].items():
+        tau = summary["tau_int"].get(name)
+        cost = summary["cost_per_independent_sample"].get(name)
+        cost_s = f"{cost['seconds']:.2e}" if cost else ""
+        print(f"  {name:<10} {fmt(v, e):>16} {fmt(*tau) if tau else '':>12} {cost_s:>18}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from rgflow.train import evaluate, load_run, train
 
@@ -189,6 +255,8 @@ def _run(args: argparse.Namespace) -> int:
         path = sample_run(args.run, args.n, args.out, args.seed)
         log.info("wrote %d samples to %s", args.n, path)
         return 0
+    if args.command == "mcmc":
+        return _mcmc(args)
     if args.command == "demo":
         from rgflow.report import run_demo
 

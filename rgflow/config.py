@@ -49,6 +49,10 @@ class TrainConfig:
     tail_bound: float | None = None
     prior: str = "normal"
     learn_level_scale: bool = True
+    symmetric: bool = False
+    ode_method: str = "rk4"
+    ode_steps: int = 8
+    ode_kinetic: float = 0.0
     # optimisation
     batch_size: int = 64
     lr: float = 3e-3
@@ -68,6 +72,7 @@ class TrainConfig:
     eval_samples: int = 1024
     ckpt_every: int = 500
     max_bad_steps: int = 20
+    deterministic: bool = False
 
     def __post_init__(self):
         # The spline acts on [-tail_bound, tail_bound] and is the identity outside, so the
@@ -101,16 +106,19 @@ class TrainConfig:
         choice("flow", FLOW_KINDS)
         choice("block", BLOCK_KINDS)
         choice("prior", PRIOR_KINDS)
+        choice("ode_method", ("rk4", "euler", "midpoint", "dopri5"))
         choice("optimizer", ("adam", "adamw"))
         choice("schedule", ("cosine", "constant"))
         choice("dtype", ("float32", "float64"))
-        for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "batch_size"):
+        for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "batch_size", "ode_steps"):
             positive(name)
         for name in ("log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
             positive(name)
         positive("lr", integer=False)
         positive("grad_clip", integer=False)
         positive("tail_bound", integer=False)
+        if not (isinstance(self.ode_kinetic, (int, float)) and math.isfinite(self.ode_kinetic) and self.ode_kinetic >= 0):
+            raise ValueError(f"ode_kinetic={self.ode_kinetic!r} is not allowed: must be a number >= 0")
         positive("steps", allow_none=True)
         positive("minutes", integer=False, allow_none=True)
         positive("depth", allow_none=True)
@@ -119,6 +127,11 @@ class TrainConfig:
         if not isinstance(self.couplings, dict):
             raise ValueError(f"couplings must be a table of {', '.join(COUPLING_NAMES)}, got {self.couplings!r}")
         self.couplings = dict(self.make_action().params)  # validated, defaults resolved
+        if self.symmetric:
+            allowed = ("affine", "ode") if self.symmetry == "z2" else ("ode",)
+            if self.flow == "flat" or self.block not in allowed:
+                raise ValueError(f"symmetric={self.symmetric} needs flow='mera' or 'tebd' and block in {allowed} "
+                                 f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")
         if self.flow == "flat":
             if self.L < 2 or self.L % 2:
                 raise ValueError(f"L={self.L} is not allowed for flow='flat': the checkerboard needs an even L >= 2")
@@ -129,6 +142,13 @@ class TrainConfig:
                    repeats=self.repeats)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+
+    @property
+    def symmetry(self) -> str | None:
+        """The exact symmetry the blocks carry: ``"z2"`` (real fields) or ``"u1"`` (complex), or None."""
+        if not self.symmetric:
+            return None
+        return "u1" if ACTION_PARAMS[self.action][1] == 2 else "z2"
 
     def make_action(self) -> Action:
         return make_action(self.action, **self.couplings)

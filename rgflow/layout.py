@@ -133,6 +133,20 @@ class Layout:
         """Sites per block, ``b * b``."""
         return self.block * self.block
 
+    @property
+    def translation_period(self) -> int:
+        """Smallest shift ``a`` such that rolling ``x`` by ``a`` (either axis) permutes the blocks of every
+        sublayer among themselves and the latents within each level.
+
+        A flow on this layout with a per-level i.i.d. prior then has ``q(roll(x, a)) = q(x)``:
+        ``b 2^{n-1}`` for MERA with ``n`` levels (``2^n`` top-site spacing when that is larger),
+        ``b`` for TEBD.
+        """
+        if self.kind == "tebd" or self.n_levels == 0:
+            return self.block if self.kind == "tebd" else 1
+        top_spacing = 2**self.n_levels
+        return max(self.block * 2 ** (self.n_levels - 1), top_spacing)
+
     def decimator_kept(self) -> torch.Tensor:
         """Block-local positions (``[ (b/2)^2 ]``) of the sites that move on after a decimator."""
         local = torch.arange(self.block_size).reshape(self.block, self.block)

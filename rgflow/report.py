@@ -51,14 +51,14 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 
 def hmc_reference(action, L: int, n: int = 2000, chains: int = 16, seed: int = 0) -> dict:
     """Observables of ``action`` from HMC (tau_int-corrected errors) as a JSON-ready dict."""
-    res = hmc(action, L, n, chains=chains, seed=seed, measure=action.measurement_field)
+    res = hmc(action, L, n, chains=chains, seed=seed)
     est, taus = chain_observables(res.series, L)
     return {
         "sampler": "hmc",
         "n_samples": n * chains,
         "acceptance": res.acceptance,
         "step_size": res.step_size,
-        "n_leapfrog": res.n_leapfrog,
+        "grad_evals_per_step": res.grad_evals_per_step,
         "seconds": res.seconds,
         "observables": {k: v.to_list() for k, v in est.items()},
         "tau_int": {k: v.to_list() for k, v in taus.items()},
@@ -100,8 +100,8 @@ def plot_run(run_dir: Path, flow, evaluation: dict, reference: dict, path: Path)
         e = np.array([evaluation[key][n][1] / abs(reference["observables"][n][0]) for n in names])
         ax[1, 1].errorbar(pos + off, r, yerr=e, fmt="o", capsize=3, label=label)
     ref_err = np.array([reference["observables"][n][1] / abs(reference["observables"][n][0]) for n in names])
-    ax[1, 1].fill_between(pos, 1 - ref_err, 1 + ref_err, color="grey", alpha=0.3, step="mid", label="HMC ±1σ")
-    ax[1, 1].axhline(1, color="k", lw=1)
+    ax[1, 1].errorbar(pos, np.ones(len(names)), yerr=ref_err, fmt="s", color="grey", capsize=3, label="HMC")
+    ax[1, 1].axhline(1, color="k", lw=0.5)
     ax[1, 1].set_xticks(pos, names)
     ax[1, 1].set(ylabel="flow / HMC", title="observables vs HMC reference")
     ax[1, 1].legend()
@@ -124,6 +124,7 @@ def _markdown(cfg: TrainConfig, summary: dict, ev: dict, ref: dict, n_params: in
         f"| ESS / N | {ev['ess']:.4f} |",
         f"| IMH acceptance | {ev['imh_acceptance']:.4f} |",
         f"| ln Z (reweighted) | {fmt(ev['lnZ'], ev['lnZ_err'])} |",
+        f"| Pareto k of the weights (reliable below 0.7) | {ev['pareto_k']:.3f} |",
         f"| F_var (upper bound on -ln Z) | {fmt(ev['f_variational'], ev['f_variational_err'])} |",
         "",
         f"| observable | flow, reweighted | flow, IMH | HMC reference ({ref['n_samples']} trajectories) |",

@@ -6,7 +6,9 @@ r"""Coupling bijections on one RG block (``C b^2`` features), identity at initia
 * :func:`spline_coupling` -- nflows' rational-quadratic spline coupling (Durkan et al. 2019)
   with linear tails, its conditioner initialised so the spline is exactly the identity.
 * :func:`make_block` -- a stack of couplings with alternating masks (checkerboard, rows,
-  columns, and channels when ``C > 1``).
+  columns, and channels when ``C > 1``), or neural-ODE blocks (:mod:`rgflow.flows.ode`).
+* :class:`Z2Conditioner` -- makes an affine coupling odd, ``f(-x) = -f(x)``: shifts odd and
+  log-scales even in the conditioning variables.
 
 All conditioners are small MLPs whose last layer starts at zero (identity at init).
 """
@@ -23,9 +25,12 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 from torch import nn
 
-__all__ = ["ConditionerMLP", "AffineCoupling", "SplineCoupling", "spline_coupling", "block_masks", "make_block", "BLOCK_KINDS"]
+__all__ = [
+    "ConditionerMLP", "Z2Conditioner", "AffineCoupling", "SplineCoupling", "spline_coupling", "block_masks",
+    "make_block", "BLOCK_KINDS",
+]
 
-BLOCK_KINDS = ("affine", "spline")
+BLOCK_KINDS = ("affine", "spline", "ode")
 
 
 class ConditionerMLP(nn.Module):
@@ -44,6 +49,22 @@ class ConditionerMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, context=None) -> torch.Tensor:
         return self.out(self.body(x))
+
+
+class Z2Conditioner(nn.Module):
+    """``(t, s)(x) -> ((t(x) - t(-x)) / 2, (s(x) + s(-x)) / 2)``: odd shifts, even log-scales.
+
+    With it, ``y_T = x_T e^{s} + t`` is odd in ``x`` and its log-det even.
+    """
+
+    def __init__(self, net: nn.Module, n_shift: int):
+        super().__init__()
+        self.net, self.n_shift = net, n_shift
+
+    def forward(self, x: torch.Tensor, context=None) -> torch.Tensor:
+        a, b = self.net(x), self.net(-x)
+        n = self.n_shift
+        return torch.cat([(a[:, :n] - b[:, :n]) / 2, (a[:, n:] + b[:, n:]) / 2], dim=1)
 
 
 class AffineCoupling(CouplingTransform):
@@ -140,24 +161,45 @@ def make_block(
     layers: int = 2,
     num_bins: int = 8,
     tail_bound: float = 4.0,
+    symmetry: str | None = None,
+    ode_method: str = "rk4",
+    ode_steps: int = 8,
 ) -> CompositeTransform:
-    """A block bijection on ``[N, channels * block^2]``: ``couplings`` coupling layers of ``kind``.
+    """A block bijection on ``[N, channels * block^2]``.
 
     Args:
-        kind: ``"affine"`` or ``"spline"``.
+        kind: ``"affine"``, ``"spline"`` or ``"ode"``.
         block: block side ``b``; channels: field components ``C``.
-        couplings: number of coupling layers (masks alternate, see :func:`block_masks`).
-        hidden, layers: conditioner MLP width and depth.
+        couplings: number of coupling layers (masks alternate, see :func:`block_masks`); for
+            ``"ode"`` the number of stacked ODE blocks.
+        hidden, layers: conditioner / velocity MLP width and depth.
         num_bins, tail_bound: spline parameters (``kind="spline"``).
+        symmetry: ``None``, ``"z2"`` (odd block: affine or ode) or ``"u1"`` (ode, two channels).
+        ode_method, ode_steps: solver of ``kind="ode"`` (see :class:`rgflow.flows.ode.ODEBlock`).
     """
+    from rgflow.flows.ode import ODEBlock
+
     if kind not in BLOCK_KINDS:
         raise ValueError(f"block kind {kind!r} is not allowed; allowed: {', '.join(BLOCK_KINDS)}")
     if couplings < 1:
         raise ValueError(f"couplings must be >= 1, got {couplings}")
+    allowed = {"affine": (None, "z2"), "spline": (None,), "ode": (None, "z2", "u1")}[kind]
+    if symmetry not in allowed:
+        raise ValueError(f"symmetry={symmetry!r} is not available for block kind {kind!r}; allowed: {allowed}")
+    features = channels * block * block
+    if kind == "ode":
+        return CompositeTransform([ODEBlock(features, hidden, layers, ode_method, ode_steps, symmetry=symmetry)
+                                   for _ in range(couplings)])
     layers_ = []
     for mask in block_masks(block, channels, couplings):
         if kind == "affine":
-            layers_.append(AffineCoupling(mask, lambda i, o: ConditionerMLP(i, o, hidden, layers)))
+            n_shift = int(mask.sum())
+
+            def create(i, o, n_shift=n_shift):
+                net = ConditionerMLP(i, o, hidden, layers)
+                return Z2Conditioner(net, n_shift) if symmetry == "z2" else net
+
+            layers_.append(AffineCoupling(mask, create))
         else:
             layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound))
     return CompositeTransform(layers_)

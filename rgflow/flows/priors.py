@@ -28,9 +28,12 @@ class Prior(nn.Module):
         channels: field components ``C``.
         kind: ``"normal"`` or ``"laplace"``.
         learn_level_scale: make ``log sigma[C, n_levels + 1]`` a trainable parameter.
+        tie_channels: one scale for all channels (``log sigma[1, n_levels + 1]``), as U(1)
+            invariance of a complex field's prior requires.
     """
 
-    def __init__(self, layout: Layout | int, channels: int = 1, kind: str = "normal", learn_level_scale: bool = False):
+    def __init__(self, layout: Layout | int, channels: int = 1, kind: str = "normal", learn_level_scale: bool = False,
+                 tie_channels: bool = False):
         super().__init__()
         if kind not in PRIOR_KINDS:
             raise ValueError(f"prior kind {kind!r} is not allowed; allowed: {', '.join(PRIOR_KINDS)}")
@@ -40,14 +43,14 @@ class Prior(nn.Module):
             L, level_of_site, n_levels = layout.L, layout.level_of_site, layout.n_levels
         self.kind, self.channels, self.L = kind, channels, L
         self.register_buffer("level_of_site", level_of_site.clone(), persistent=False)
-        log_scale = torch.zeros(channels, n_levels + 1)
+        log_scale = torch.zeros(1 if tie_channels else channels, n_levels + 1)
         if learn_level_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
 
     def _log_scale_map(self) -> torch.Tensor:
-        return self.log_scale[:, self.level_of_site]  # [C, L, L]
+        return self.log_scale[:, self.level_of_site].expand(self.channels, self.L, self.L)  # [C, L, L]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``ln p(z)``: ``[B, C, L, L] -> [B]``."""

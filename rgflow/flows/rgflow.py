@@ -101,8 +101,15 @@ def build_flow(
     learn_level_scale: bool = False,
     **block_kwargs,
 ) -> RGFlow:
-    """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer)."""
+    """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer).
+
+    With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
+    normal, so that the whole density is invariant under global phase rotations.
+    """
+    u1 = block_kwargs.get("symmetry") == "u1"
+    if u1 and prior != "normal":
+        raise ValueError(f"prior={prior!r} is not allowed with symmetry='u1' (not rotation invariant); allowed: 'normal'")
     blocks = [
         make_block(block, layout.block, channels, couplings, hidden, layers, **block_kwargs) for _ in layout.sublayers
     ]
-    return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale))
+    return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1))

@@ -1,99 +1,122 @@
-r"""Hybrid Monte Carlo on a lattice action, vectorised over independent chains.
+r"""Hybrid Monte Carlo over any potential, vectorised over independent chains.
 
-Leapfrog integration of ``H = p^2/2 + S(phi)`` with ``n_leapfrog`` steps of size ``eps``;
-``eps`` is tuned during warm-up only (towards ``target_acceptance``) and then frozen, so the
-measured chain is an exact Markov chain for ``exp(-S)``.
+Leapfrog integration of ``H = p^2/2 + U(q)`` with ``n_leapfrog`` steps of size ``eps``; ``eps``
+is tuned during warm-up only (towards ``target_acceptance``) and then frozen, so the recorded
+chain is an exact Markov chain for ``exp(-U)``.
+
+* :func:`hmc` -- physical space, ``U = S(phi)``;
+* :func:`latent_hmc` -- in the bulk of a trained flow ``G`` (latent -> field), with the exact
+  effective action ``U(z) = S(G(z)) - ln|det dG/dz|``; a local move in the bulk is a global
+  move on the boundary. Measurements are taken on ``G(z)``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rgflow.physics.observables import primaries
+from rgflow.mcmc.base import ChainResult, SeriesRecorder
 
-__all__ = ["hmc", "HMCResult"]
-
-
-@dataclass
-class HMCResult:
-    """Per-chain time series of the primaries (``name -> [chains, n]``) and bookkeeping."""
-
-    series: dict[str, np.ndarray]
-    acceptance: float
-    step_size: float
-    n_leapfrog: int
-    grad_evals: int
-    seconds: float
-    final: torch.Tensor
+__all__ = ["hmc", "latent_hmc", "run_hmc"]
 
 
-def _grad(action, phi):
-    phi = phi.detach().requires_grad_(True)
-    S = action(phi)
-    (g,) = torch.autograd.grad(S.sum(), phi)
-    return S.detach(), g
+def _value_and_grad(potential, q):
+    with torch.enable_grad():
+        q = q.detach().requires_grad_(True)
+        U = potential(q)
+        (g,) = torch.autograd.grad(U.sum(), q)
+    return U.detach(), g
 
 
-def hmc(
-    action,
-    L: int,
+def run_hmc(
+    potential: Callable[[torch.Tensor], torch.Tensor],
+    q0: torch.Tensor,
     n: int,
-    chains: int = 16,
+    measure: Callable[[torch.Tensor], torch.Tensor],
     warmup: int = 200,
     n_leapfrog: int = 10,
     step_size: float = 0.1,
     target_acceptance: float = 0.8,
-    seed: int = 0,
-    dtype=torch.float64,
-    measure=None,
+    generator: torch.Generator | None = None,
+    sampler: str = "hmc",
     progress: bool = False,
-) -> HMCResult:
-    """Run ``chains`` HMC chains for ``warmup + n`` trajectories, recording the last ``n``.
-
-    Args:
-        action: an :class:`~rgflow.physics.models.Action` (``channels`` attribute and callable).
-        measure: optional map from fields to the field observables are measured on.
-    """
-    if n < 1 or chains < 1:
-        raise ValueError(f"n and chains must be positive, got n={n}, chains={chains}")
-    gen = torch.Generator().manual_seed(seed)
-    phi = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, generator=gen)
-    S, g = _grad(action, phi)
-    eps, accepted, grad_evals = step_size, 0, 0
-    series: dict[str, list] = {}
+) -> ChainResult:
+    """HMC chains started at ``q0: [chains, ...]``; records ``primaries(measure(q))`` for ``n`` steps."""
+    if n < 1:
+        raise ValueError(f"n (number of recorded steps) must be positive, got {n}")
+    q = q0.detach()
+    chains = q.shape[0]
+    view = (chains,) + (1,) * (q.dim() - 1)
+    U, g = _value_and_grad(potential, q)
+    eps, accepted, grad_evals = step_size, 0.0, 0
+    recorder = SeriesRecorder()
     t0 = time.perf_counter()
-    for it in tqdm(range(warmup + n), disable=not progress, desc="hmc", leave=False):
-        p = torch.randn(phi.shape, dtype=dtype, generator=gen)
-        H0 = 0.5 * (p**2).sum((1, 2, 3)) + S
-        q, pm = phi, p - 0.5 * eps * g
+    for it in tqdm(range(warmup + n), disable=not progress, desc=sampler, leave=False):
+        if it == warmup:  # costs count the recorded chain only; warm-up is a one-time price
+            t0, grad_evals = time.perf_counter(), 0
+        p = torch.randn(q.shape, dtype=q.dtype, device=q.device, generator=generator)
+        H0 = 0.5 * (p**2).flatten(1).sum(1) + U
+        qn, pn = q, p - 0.5 * eps * g
         for k in range(n_leapfrog):
-            q = q + eps * pm
-            S_new, g_new = _grad(action, q)
-            pm = pm - (eps if k < n_leapfrog - 1 else 0.5 * eps) * g_new
+            qn = qn + eps * pn
+            Un, gn = _value_and_grad(potential, qn)
+            pn = pn - (eps if k < n_leapfrog - 1 else 0.5 * eps) * gn
         grad_evals += n_leapfrog
-        H1 = 0.5 * (pm**2).sum((1, 2, 3)) + S_new
-        acc = torch.rand(chains, dtype=dtype, generator=gen) < torch.exp(H0 - H1)
-        phi = torch.where(acc[:, None, None, None], q, phi)
-        S = torch.where(acc, S_new, S)
-        g = torch.where(acc[:, None, None, None], g_new, g)
+        H1 = 0.5 * (pn**2).flatten(1).sum(1) + Un
+        u = torch.rand(chains, dtype=q.dtype, device=q.device, generator=generator)
+        acc = torch.isfinite(H1) & (u < torch.exp(H0 - H1))
+        q = torch.where(acc.reshape(view), qn, q)
+        U = torch.where(acc, Un, U)
+        g = torch.where(acc.reshape(view), gn, g)
         rate = float(acc.double().mean())
         if it < warmup:
             eps *= 1.02 if rate > target_acceptance else 0.98
             continue
         accepted += rate
-        field = measure(phi) if measure is not None else phi
-        for k, v in primaries(field).items():
-            series.setdefault(k, []).append(v)
-    return HMCResult(
-        series={k: np.stack(v, axis=1) for k, v in series.items()},
+        recorder.record(measure(q))
+    return ChainResult(
+        sampler=sampler,
+        series=recorder.stacked(),
         acceptance=accepted / n,
-        step_size=eps,
-        n_leapfrog=n_leapfrog,
-        grad_evals=grad_evals,
         seconds=time.perf_counter() - t0,
-        final=phi,
+        n_steps=n,
+        chains=chains,
+        grad_evals=grad_evals,
+        action_evals=grad_evals,
+        step_size=eps,
+        final=q,
     )
+
+
+def hmc(action, L: int, n: int, chains: int = 16, seed: int = 0, dtype=torch.float64, **kwargs) -> ChainResult:
+    """Physical-space HMC on ``exp(-S)`` (``action``: an :class:`~rgflow.physics.models.Action`)."""
+    gen = torch.Generator().manual_seed(seed)
+    q0 = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, generator=gen)
+    return run_hmc(action, q0, n, measure=lambda q: action.measurement_field(q, gen), generator=gen,
+                   sampler="hmc", **kwargs)
+
+
+def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) -> ChainResult:
+    """HMC on the bulk effective action ``S(G(z)) - ln|det dG/dz|`` of a trained flow (exact target)."""
+    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
+
+    def potential(z):
+        x, logdet = flow.inverse(z)
+        return action(x) - logdet
+
+    def measure(z):
+        return action.measurement_field(flow.inverse(z)[0], gen)
+
+    with torch.no_grad():
+        z0 = flow.prior.sample(chains, generator=gen)
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    try:
+        res = run_hmc(potential, z0, n, measure=measure, generator=gen, sampler="latent-hmc", **kwargs)
+    finally:
+        for p in flow.parameters():
+            p.requires_grad_(True)
+    res.action_evals += n  # the measurement pass through G per recorded step
+    return res

@@ -56,6 +56,24 @@ class Action:
         check_field(phi, channels=self.channels)
         return _FUNCTIONS[self.name](phi, **self.params)
 
+    def local_form(self) -> tuple[float, float, float] | None:
+        """Coefficients ``(a, b, c)`` of the terms of ``S`` that involve one site ``x``:
+
+        ``e(phi_x) = a |phi_x|^2 + b |phi_x|^4 - c phi_x . h_x``, ``h_x = sum_{+-mu} phi(x +- mu)``,
+        so a change of ``phi_x`` alone changes ``S`` by ``e(new) - e(old)``. ``None`` for the
+        non-local Ising relaxation.
+        """
+        p = self.params
+        if self.name == "free":
+            return 2.0 + 0.5 * p["m2"], 0.0, 1.0
+        if self.name == "phi4":
+            return 4.0 + p["m2"], p["lam"], 2.0
+        if self.name == "phi4-hopping":
+            return 1.0 - 2.0 * p["lam"], p["lam"], 2.0 * p["kappa"]
+        if self.name == "complex-phi4":
+            return p["mu"], p["lam"], 2.0 * p["t"]
+        return None
+
     def lnZ_offset(self, L: int) -> float:
         """Constant added to ``ln Z`` of ``exp(-S)`` to reach the reporting frame."""
         if self.name == "ising":
