@@ -52,7 +52,6 @@ def run_hmc(
     U, g = _value_and_grad(potential, q)
     eps, accepted, grad_evals = step_size, 0.0, 0
     recorder = SeriesRecorder()
-    t0 = time.perf_counter()
     for it in tqdm(range(warmup + n), disable=not progress, desc=sampler, leave=False):
         if it == warmup:  # costs count the recorded chain only; warm-up is a one-time price
             t0, grad_evals = time.perf_counter(), 0

@@ -40,7 +40,6 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
     C, L = z.shape[1], layout.L
     recorder = SeriesRecorder()
     accepted = 0.0
-    t0 = time.perf_counter()
     for it in tqdm(range(warmup + n), disable=not progress, desc="latent-local", leave=False):
         if it == warmup:
             t0 = time.perf_counter()

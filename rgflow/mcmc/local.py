@@ -37,7 +37,6 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
     colours = [((x + y) % 2 == k) for k in (0, 1)]
     recorder = SeriesRecorder()
     accepted = 0.0
-    t0 = time.perf_counter()
     for it in tqdm(range(warmup + n), disable=not progress, desc="local", leave=False):
         if it == warmup:
             t0 = time.perf_counter()
