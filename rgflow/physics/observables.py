@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rgflow.physics.fields import check_field
-from rgflow.stats import Estimate, jackknife
+from rgflow.stats import Estimate, jackknife, tau_int
 
 __all__ = [
     "magnetization",
@@ -166,8 +166,6 @@ def chain_observables(
         ``(observables, tau_int)``: name -> :class:`Estimate`, and for :data:`PRIMARY_OF` names
         the integrated autocorrelation time (in chain steps, averaged over chains) with its error.
     """
-    from rgflow.stats import tau_int
-
     series = {k: np.atleast_2d(np.asarray(v, np.float64)) for k, v in series.items()}
     chains, n = next(iter(series.values())).shape
     taus = {}

@@ -22,7 +22,7 @@ from rgflow.mcmc.imh import independence_metropolis
 from rgflow.physics.observables import chain_observables, estimate_observables, primaries
 from rgflow.stats import KHAT_RELIABLE, effective_sample_size, log_mean_exp, pareto_khat
 
-__all__ = ["draw", "evaluate"]
+__all__ = ["draw", "weight_summary", "evaluate"]
 
 
 @torch.no_grad()
@@ -37,6 +37,16 @@ def draw(flow, action, n: int, batch_size: int = 4096, generator: torch.Generato
         lqs.append(log_q.double())
         Ss.append(action(x).double())
     return torch.cat(xs), torch.cat(lqs), torch.cat(Ss)
+
+
+def weight_summary(log_q: torch.Tensor, S: torch.Tensor, offset: float) -> dict:
+    """``ess``, ``lnZ`` and ``f_variational`` in the reporting frame (``offset`` added to ``ln Z``)."""
+    log_w = (-S - log_q).double().cpu().numpy()
+    return {
+        "ess": effective_sample_size(log_w),
+        "lnZ": log_mean_exp(log_w) + offset,
+        "f_variational": float((log_q + S).double().mean()) - offset,
+    }
 
 
 def _jsonable(est: dict) -> dict:
@@ -56,20 +66,19 @@ def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: in
         raise FloatingPointError(f"{int((~finite).sum())} of {n_samples} samples have non-finite ln q or S")
     L = x.shape[-1]
     log_w = (-S - log_q).cpu().numpy()
-    offset = action.lnZ_offset(L)
-    ess = effective_sample_size(log_w)
-    f = (log_q + S).cpu().numpy()
+    summary = weight_summary(log_q, S, action.lnZ_offset(L))
+    ess = summary["ess"]
     out = {
         "action": action.name,
         "params": dict(action.params),
         "L": L,
         "n_samples": n_samples,
         "ess": ess,
-        "lnZ": log_mean_exp(log_w) + offset,
+        "lnZ": summary["lnZ"],
         "lnZ_err": math.sqrt(max(1.0 / ess - 1.0, 0.0) / n_samples),
         "pareto_k": pareto_khat(log_w),
-        "f_variational": float(f.mean()) - offset,
-        "f_variational_err": float(f.std(ddof=1) / math.sqrt(n_samples)),
+        "f_variational": summary["f_variational"],
+        "f_variational_err": float((log_q + S).cpu().numpy().std(ddof=1) / math.sqrt(n_samples)),
     }
     out["lnZ_reliable"] = out["pareto_k"] < KHAT_RELIABLE
     exact = action.lnZ_exact(L)

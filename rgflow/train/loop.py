@@ -37,8 +37,9 @@ from rgflow.flows.flat import build_flat_flow
 from rgflow.flows.rgflow import FieldFlow, build_flow
 from rgflow.layout import Layout
 from rgflow.physics.models import ACTION_PARAMS
-from rgflow.stats import effective_sample_size, log_mean_exp
+from rgflow.stats import effective_sample_size
 from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rgflow.train.diagnostics import weight_summary
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 from rgflow.train.loss import ReverseKL
 
@@ -139,14 +140,7 @@ def _make_optimizer(cfg: TrainConfig, flow: FieldFlow) -> torch.optim.Optimizer:
 def _quick_eval(flow: FieldFlow, action, n: int, seed: int) -> dict:
     gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
     x, log_q = flow.sample(n, generator=gen)
-    S = action(x)
-    log_w = (-S - log_q).double().cpu().numpy()
-    offset = action.lnZ_offset(x.shape[-1])
-    return {
-        "ess": effective_sample_size(log_w),
-        "lnZ": log_mean_exp(log_w) + offset,
-        "f_variational": float((log_q + S).double().mean()) - offset,
-    }
+    return weight_summary(log_q, action(x), action.lnZ_offset(x.shape[-1]))
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
