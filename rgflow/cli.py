@@ -10,12 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml
 from rgflow.flows.couplings import BLOCK_KINDS
@@ -110,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
+    mc.add_argument("--save-every", type=int, default=10,
+                    help="with --out, keep every K-th configuration of every chain in the .npz (0: none)")
     _physics_arguments(mc)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
@@ -165,36 +163,25 @@ def _format_eval(res: dict) -> str:
 
 
 def sample_run(run: str, n: int, out: str, seed: int = 0) -> Path:
-    """Draw ``n`` samples of a trained run into ``out`` (.npz: ``fields``, ``log_q``, ``S``, metadata)."""
+    """Draw ``n`` samples of a trained run into ``out`` (see :func:`rgflow.ensemble.save_flow_samples`)."""
     import torch
 
+    from rgflow.ensemble import check_npz_path, save_flow_samples
     from rgflow.train import draw, load_run
 
     if n < 1:
         raise ValueError(f"-n (number of samples) must be a positive integer, got {n}")
-    out_path = Path(out)
-    if out_path.suffix != ".npz":
-        raise ValueError(f"--out must name an .npz file, got {out!r}")
-    if not out_path.parent.exists() or not os.access(out_path.parent, os.W_OK):
-        raise ValueError(f"--out {out!r}: folder {str(out_path.parent)!r} does not exist or is not writable")
+    check_npz_path(out)
     cfg, flow, state = load_run(run)
     action = cfg.make_action()
     x, log_q, S = draw(flow, action, n, generator=torch.Generator(device=cfg.device).manual_seed(seed))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out_path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, fields=x.cpu().numpy(), log_q=log_q.cpu().numpy(), S=S.cpu().numpy(),
-                 action=action.name, params=json.dumps(action.params), L=cfg.L, step=int(state["step"]))
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_path
+    return save_flow_samples(out, x, log_q, S, action, cfg.L, int(state["step"]))
 
 
 def _mcmc(args: argparse.Namespace) -> int:
     from rgflow.layout import Layout
-    from rgflow.mcmc.run import plot_autocorrelation, run_sampler, save_chain, summarize
+    from rgflow.ensemble import check_npz_path, save_chain
+    from rgflow.mcmc.run import plot_autocorrelation, run_sampler, summarize
     from rgflow.physics.models import make_action
     from rgflow.stats import format_value_error as fmt
     from rgflow.train import load_run
@@ -210,10 +197,9 @@ def _mcmc(args: argparse.Namespace) -> int:
         action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
         L = physics.get("L", 8)
         Layout(L)  # the same lattice sizes as everywhere else
-    out = Path(args.out) if args.out else None
-    if out is not None and (out.suffix != ".npz" or not out.parent.is_dir()):
-        raise ValueError(f"--out must name an .npz file in an existing folder, got {args.out!r}")
-    res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow)
+    out = check_npz_path(args.out) if args.out else None
+    res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow,
+                      keep_every=args.save_every if out is not None else 0)
     summary = summarize(res, action, L)
     if out is not None:
         save_chain(res, out, action, L)

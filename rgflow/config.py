@@ -128,7 +128,7 @@ class TrainConfig:
             raise ValueError(f"couplings must be a table of {', '.join(COUPLING_NAMES)}, got {self.couplings!r}")
         self.couplings = dict(self.make_action().params)  # validated, defaults resolved
         if self.symmetric:
-            allowed = ("affine", "ode") if self.symmetry == "z2" else ("ode",)
+            allowed = ("affine", "spline", "ode") if self.symmetry == "z2" else ("ode",)
             if self.flow == "flat" or self.block not in allowed:
                 raise ValueError(f"symmetric={self.symmetric} needs flow='mera' or 'tebd' and block in {allowed} "
                                  f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")

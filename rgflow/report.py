@@ -74,7 +74,8 @@ def plot_run(run_dir: Path, flow, evaluation: dict, reference: dict, path: Path)
     ax[0, 0].axhline(-evaluation["lnZ"], color="k", ls="--", lw=1, label=r"$-\ln\hat Z$ (reweighted)")
     ax[0, 0].set(xlabel="step", ylabel="loss  [nats]", title="reverse-KL loss")
     lo = -evaluation["lnZ"] - 1
-    ax[0, 0].set_ylim(lo, max(lo + 5, np.percentile([r["loss"] for r in steps], 98)))
+    losses = [r["loss"] for r in steps]  # empty when the budget ended before the first log line
+    ax[0, 0].set_ylim(lo, max(lo + 5, np.percentile(losses, 98) if losses else lo + 5))
     ax[0, 0].legend()
     ax[0, 1].plot(s, [r["ess_batch"] for r in steps], lw=0.6, alpha=0.5, label="batch ESS/N")
     if evals:

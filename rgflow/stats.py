@@ -164,7 +164,7 @@ def _gpd_shape(y: np.ndarray, prior_n: float = 10.0) -> float:
     theta = 1.0 / y[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * quartile)
     k = np.log1p(-theta[:, None] * y[None, :]).mean(axis=1)
     profile = n * (np.log(-theta / k) - k - 1.0)
-    post = 1.0 / np.exp(profile[None, :] - profile[:, None]).sum(axis=1)
+    post = np.exp(profile - profile.max())  # softmax: the posterior weights of the theta grid
     post /= post.sum()
     theta_hat = float((theta * post).sum())
     k_hat = float(np.log1p(-theta_hat * y).mean())  # theta < 0 for heavy tails, so k > 0

@@ -4,7 +4,9 @@ from rgflow.flows.couplings import (
     BLOCK_KINDS,
     AffineCoupling,
     ConditionerMLP,
+    OddSplineCoupling,
     SplineCoupling,
+    Z2Conditioner,
     block_masks,
     make_block,
     spline_coupling,
@@ -13,6 +15,7 @@ from rgflow.flows.priors import PRIOR_KINDS, Prior
 from rgflow.flows.rgflow import RGFlow, build_flow
 
 __all__ = [
-    "Transform", "BlockSublayer", "AffineCoupling", "SplineCoupling", "ConditionerMLP", "spline_coupling", "block_masks",
-    "make_block", "BLOCK_KINDS", "Prior", "PRIOR_KINDS", "RGFlow", "build_flow",
+    "Transform", "BlockSublayer", "AffineCoupling", "SplineCoupling", "OddSplineCoupling", "ConditionerMLP",
+    "Z2Conditioner", "spline_coupling", "block_masks", "make_block", "BLOCK_KINDS", "Prior",
+    "PRIOR_KINDS", "RGFlow", "build_flow",
 ]

@@ -9,6 +9,9 @@ r"""Coupling bijections on one RG block (``C b^2`` features), identity at initia
   columns, and channels when ``C > 1``), or neural-ODE blocks (:mod:`rgflow.flows.ode`).
 * :class:`Z2Conditioner` -- makes an affine coupling odd, ``f(-x) = -f(x)``: shifts odd and
   log-scales even in the conditioning variables.
+* :class:`OddSplineCoupling` -- an odd rational-quadratic spline ``y = b + sign(u) g(|u|)``,
+  ``u = x - a``, odd shifts and even knots: an exactly Z2-symmetric coupling that, unlike the
+  odd affine one, can turn a unimodal marginal into a symmetric bimodal one.
 
 All conditioners are small MLPs whose last layer starts at zero (identity at init).
 """
@@ -21,12 +24,14 @@ from nflows.transforms.base import CompositeTransform
 from nflows.transforms.coupling import CouplingTransform, PiecewiseRationalQuadraticCouplingTransform
 from nflows.transforms.splines.rational_quadratic import (
     DEFAULT_MIN_DERIVATIVE,
+    rational_quadratic_spline,
     unconstrained_rational_quadratic_spline,
 )
 from torch import nn
 
 __all__ = [
-    "ConditionerMLP", "Z2Conditioner", "AffineCoupling", "SplineCoupling", "spline_coupling", "block_masks",
+    "ConditionerMLP", "Z2Conditioner", "AffineCoupling", "SplineCoupling", "OddSplineCoupling",
+    "spline_coupling", "block_masks",
     "make_block", "BLOCK_KINDS",
 ]
 
@@ -116,21 +121,74 @@ class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
         )
 
 
-def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_bound: float = 4.0):
+class OddSplineCoupling(CouplingTransform):
+    r"""Odd spline coupling ``y_T = b + sign(u) g_theta(|u|)``, ``u = x_T - a``, exactly Z2-symmetric.
+
+    ``a, b`` (shifts) are odd and the knots ``theta`` even functions of ``x_I``
+    (:class:`Z2Conditioner`); ``g`` is a monotone rational-quadratic spline (Durkan et al. 2019,
+    nflows' implementation) on ``[0, B]`` with ``g(0) = 0``, ``g(B) = B`` and unit slope at ``B``,
+    the identity for ``|u| > B``. Per transformed feature the conditioner gives the two shifts,
+    ``K`` bin widths, ``K`` heights and ``K`` knot derivatives (the slope at 0 and the ``K - 1``
+    interior knots): ``3K + 2`` numbers. Then ``y(-x) = -y(x)`` and the log-det
+    ``sum ln g'(|u|)`` is even. Unlike the odd affine coupling it can make a unimodal marginal
+    symmetric-bimodal; unlike a shift-free odd spline it can also correlate ``x_T`` with ``x_I``.
+    """
+
+    def __init__(self, mask, transform_net_create_fn, num_bins: int = 8, tail_bound: float = 4.0):
+        self.num_bins, self.tail_bound = num_bins, tail_bound
+        super().__init__(mask, transform_net_create_fn)
+
+    def _transform_dim_multiplier(self) -> int:
+        return 3 * self.num_bins + 2
+
+    def _spline(self, inputs, transform_params, inverse):
+        K, B, n = self.num_bins, self.tail_bound, self.num_transform_features
+        pre, post = transform_params[:, :n], transform_params[:, n : 2 * n]
+        knots = transform_params[:, 2 * n :].reshape(inputs.shape[0], n, 3 * K)
+        unit_slope = knots.new_full(knots.shape[:-1] + (1,), _UNIT_SLOPE)
+        derivatives = torch.cat([knots[..., 2 * K :], unit_slope], dim=-1)
+        u = inputs - post if inverse else inputs - pre
+        a = u.abs()
+        inside = a < B
+        g, logdet = rational_quadratic_spline(
+            torch.where(inside, a, torch.zeros_like(a)), knots[..., :K], knots[..., K : 2 * K], derivatives,
+            inverse=inverse, left=0.0, right=B, bottom=0.0, top=B,
+        )
+        v = torch.where(inside, torch.sign(u) * g, u)
+        return v + (pre if inverse else post), torch.where(inside, logdet, torch.zeros_like(logdet)).sum(1)
+
+    def _coupling_transform_forward(self, inputs, transform_params):
+        return self._spline(inputs, transform_params, inverse=False)
+
+    def _coupling_transform_inverse(self, inputs, transform_params):
+        return self._spline(inputs, transform_params, inverse=True)
+
+
+_UNIT_SLOPE = math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE))  # softplus(b) + min_derivative = 1
+
+
+def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_bound: float = 4.0,
+                    symmetry: str | None = None):
     """nflows rational-quadratic spline coupling, linear tails, identity at initialisation.
 
-    The conditioner's output bias puts every interior knot derivative at exactly 1
-    (``softplus(b) + min_derivative = 1``) with uniform bins.
+    The conditioner's output bias puts every knot derivative at exactly 1
+    (``softplus(b) + min_derivative = 1``) with uniform bins. ``symmetry="z2"`` gives the
+    odd :class:`OddSplineCoupling` (odd shifts, even knots via :class:`Z2Conditioner`).
     """
-    params_per_feature = 3 * num_bins - 1
+    odd = symmetry == "z2"
+    n_transformed = int(mask.sum())
 
-    def create(in_features: int, out_features: int) -> ConditionerMLP:
+    def create(in_features: int, out_features: int) -> nn.Module:
         net = ConditionerMLP(in_features, out_features, hidden, layers)
         with torch.no_grad():
-            bias = net.out.bias.view(-1, params_per_feature)
-            bias[:, 2 * num_bins :] = math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE))
+            if odd:  # [pre-shifts, post-shifts | knots (3K per feature)]
+                net.out.bias[2 * n_transformed :].view(n_transformed, -1)[:, 2 * num_bins :] = _UNIT_SLOPE
+                return Z2Conditioner(net, 2 * n_transformed)
+            net.out.bias.view(n_transformed, -1)[:, 2 * num_bins :] = _UNIT_SLOPE
         return net
 
+    if odd:
+        return OddSplineCoupling(mask, create, num_bins=num_bins, tail_bound=tail_bound)
     return SplineCoupling(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
 
 
@@ -174,7 +232,7 @@ def make_block(
             ``"ode"`` the number of stacked ODE blocks.
         hidden, layers: conditioner / velocity MLP width and depth.
         num_bins, tail_bound: spline parameters (``kind="spline"``).
-        symmetry: ``None``, ``"z2"`` (odd block: affine or ode) or ``"u1"`` (ode, two channels).
+        symmetry: ``None``, ``"z2"`` (odd block: affine, spline or ode) or ``"u1"`` (ode, two channels).
         ode_method, ode_steps: solver of ``kind="ode"`` (see :class:`rgflow.flows.ode.ODEBlock`).
     """
     from rgflow.flows.ode import ODEBlock
@@ -183,7 +241,7 @@ def make_block(
         raise ValueError(f"block kind {kind!r} is not allowed; allowed: {', '.join(BLOCK_KINDS)}")
     if couplings < 1:
         raise ValueError(f"couplings must be >= 1, got {couplings}")
-    allowed = {"affine": (None, "z2"), "spline": (None,), "ode": (None, "z2", "u1")}[kind]
+    allowed = {"affine": (None, "z2"), "spline": (None, "z2"), "ode": (None, "z2", "u1")}[kind]
     if symmetry not in allowed:
         raise ValueError(f"symmetry={symmetry!r} is not available for block kind {kind!r}; allowed: {allowed}")
     features = channels * block * block
@@ -201,5 +259,5 @@ def make_block(
 
             layers_.append(AffineCoupling(mask, create))
         else:
-            layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound))
+            layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound, symmetry))
     return CompositeTransform(layers_)

@@ -103,8 +103,10 @@ class _Dynamics(nn.Module):
                 x = x.detach().requires_grad_(True)
             v = self.velocity(x, t.reshape(1, 1).to(x))
             trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for i in range(x.shape[1]):  # exact trace: one vector-Jacobian product per feature
-                (gi,) = torch.autograd.grad(v[:, i].sum(), x, create_graph=self.create_graph)
+            D = x.shape[1]
+            for i in range(D):  # exact trace: one vector-Jacobian product per feature
+                (gi,) = torch.autograd.grad(v[:, i].sum(), x, create_graph=self.create_graph,
+                                            retain_graph=self.create_graph or i < D - 1)
                 trace = trace + gi[:, i]
         out = (v, trace, (v**2).sum(1))
         return out if self.create_graph else tuple(o.detach() for o in out)

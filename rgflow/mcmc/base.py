@@ -12,18 +12,35 @@ __all__ = ["ChainResult", "SeriesRecorder"]
 
 
 class SeriesRecorder:
-    """Collects the primaries of each recorded state of ``chains`` chains; ``stacked()`` -> ``[chains, n]``."""
+    """Collects the primaries of each recorded state of ``chains`` chains, and every
+    ``keep_every``-th configuration (0: none).
 
-    def __init__(self):
+    ``record(measured, field)``: primaries of ``measured`` (e.g. Ising spins drawn from the
+    field); the kept configuration is ``field`` (default ``measured``). ``stacked()`` ->
+    ``{name: [chains, n]}``, ``kept()`` -> ``[chains, n_kept, C, L, L]`` float32 or None.
+    """
+
+    def __init__(self, keep_every: int = 0):
+        if keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0 (0 keeps no configurations), got {keep_every}")
+        self.keep_every = keep_every
         self._series: dict[str, list] = {}
+        self._kept: list[torch.Tensor] = []
+        self._count = 0
 
-    def record(self, field: torch.Tensor) -> None:
+    def record(self, measured: torch.Tensor, field: torch.Tensor | None = None) -> None:
         with torch.no_grad():
-            for key, value in primaries(field).items():
+            for key, value in primaries(measured).items():
                 self._series.setdefault(key, []).append(value)
+            if self.keep_every and self._count % self.keep_every == 0:
+                self._kept.append((measured if field is None else field).detach().to("cpu", torch.float32))
+        self._count += 1
 
     def stacked(self) -> dict[str, np.ndarray]:
         return {k: np.stack(v, axis=1) for k, v in self._series.items()}
+
+    def kept(self) -> torch.Tensor | None:
+        return torch.stack(self._kept, dim=1) if self._kept else None
 
 
 @dataclass
@@ -34,7 +51,8 @@ class ChainResult:
     Costs are totals per chain over the recorded steps (warm-up excluded): ``grad_evals``
     (gradients of the action or of the latent effective action), ``action_evals`` (action
     evaluations, a sweep of local updates counts as one), ``seconds`` (wall time for all chains
-    together).
+    together). ``configs``: every ``keep_every``-th field configuration, ``[chains, n_kept, C, L, L]``
+    (None when none were kept).
     """
 
     sampler: str
@@ -46,7 +64,8 @@ class ChainResult:
     grad_evals: int = 0
     action_evals: int = 0
     step_size: float | None = None
-    final: torch.Tensor | None = field(default=None, repr=False)
+    configs: torch.Tensor | None = field(default=None, repr=False)
+    keep_every: int = 0
 
     @property
     def seconds_per_step(self) -> float:

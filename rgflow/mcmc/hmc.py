@@ -35,15 +35,21 @@ def run_hmc(
     q0: torch.Tensor,
     n: int,
     measure: Callable[[torch.Tensor], torch.Tensor],
+    field_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     warmup: int = 200,
     n_leapfrog: int = 10,
     step_size: float = 0.1,
     target_acceptance: float = 0.8,
     generator: torch.Generator | None = None,
     sampler: str = "hmc",
+    keep_every: int = 0,
     progress: bool = False,
 ) -> ChainResult:
-    """HMC chains started at ``q0: [chains, ...]``; records ``primaries(measure(q))`` for ``n`` steps."""
+    """HMC chains started at ``q0: [chains, ...]`` for ``n`` recorded steps.
+
+    Each step records ``primaries(measure(x))`` of the field ``x = field_of(q)`` (default ``q``)
+    and keeps every ``keep_every``-th ``x``.
+    """
     if n < 1:
         raise ValueError(f"n (number of recorded steps) must be positive, got {n}")
     q = q0.detach()
@@ -51,7 +57,7 @@ def run_hmc(
     view = (chains,) + (1,) * (q.dim() - 1)
     U, g = _value_and_grad(potential, q)
     eps, accepted, grad_evals = step_size, 0.0, 0
-    recorder = SeriesRecorder()
+    recorder = SeriesRecorder(keep_every)
     for it in tqdm(range(warmup + n), disable=not progress, desc=sampler, leave=False):
         if it == warmup:  # costs count the recorded chain only; warm-up is a one-time price
             t0, grad_evals = time.perf_counter(), 0
@@ -74,7 +80,8 @@ def run_hmc(
             eps *= 1.02 if rate > target_acceptance else 0.98
             continue
         accepted += rate
-        recorder.record(measure(q))
+        x = q if field_of is None else field_of(q)
+        recorder.record(measure(x), x)
     return ChainResult(
         sampler=sampler,
         series=recorder.stacked(),
@@ -85,7 +92,8 @@ def run_hmc(
         grad_evals=grad_evals,
         action_evals=grad_evals,
         step_size=eps,
-        final=q,
+        configs=recorder.kept(),
+        keep_every=keep_every,
     )
 
 
@@ -105,15 +113,16 @@ def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) 
         x, logdet = flow.inverse(z)
         return action(x) - logdet
 
-    def measure(z):
-        return action.measurement_field(flow.inverse(z)[0], gen)
+    def field_of(z):
+        return flow.inverse(z)[0]
 
     with torch.no_grad():
         z0 = flow.prior.sample(chains, generator=gen)
     for p in flow.parameters():
         p.requires_grad_(False)
     try:
-        res = run_hmc(potential, z0, n, measure=measure, generator=gen, sampler="latent-hmc", **kwargs)
+        res = run_hmc(potential, z0, n, measure=lambda x: action.measurement_field(x, gen), field_of=field_of,
+                      generator=gen, sampler="latent-hmc", **kwargs)
     finally:
         for p in flow.parameters():
             p.requires_grad_(True)

@@ -21,7 +21,7 @@ __all__ = ["latent_local"]
 
 @torch.no_grad()
 def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: int = 200, width: float = 0.5,
-                 target_acceptance: float = 0.4, progress: bool = False) -> ChainResult:
+                 target_acceptance: float = 0.4, keep_every: int = 0, progress: bool = False) -> ChainResult:
     """Level-by-level Metropolis in the bulk of an :class:`~rgflow.flows.RGFlow`."""
     layout = getattr(flow, "layout", None)
     if layout is None:
@@ -38,7 +38,7 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
     z = flow.prior.sample(chains, generator=gen)
     U, x = s_eff(z)
     C, L = z.shape[1], layout.L
-    recorder = SeriesRecorder()
+    recorder = SeriesRecorder(keep_every)
     accepted = 0.0
     for it in tqdm(range(warmup + n), disable=not progress, desc="latent-local", leave=False):
         if it == warmup:
@@ -62,7 +62,7 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
         if it < warmup:
             continue
         accepted += rate
-        recorder.record(action.measurement_field(x, gen))
+        recorder.record(action.measurement_field(x, gen), x)
     return ChainResult(
         sampler="latent-local",
         series=recorder.stacked(),
@@ -72,5 +72,6 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
         chains=chains,
         action_evals=len(levels) * n,
         step_size=float(np.mean(widths)),
-        final=x,
+        configs=recorder.kept(),
+        keep_every=keep_every,
     )

@@ -23,8 +23,10 @@ def _site_energy(phi, h, a, b, c):
 
 
 def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, warmup: int = 200, width: float = 1.0,
-                     target_acceptance: float = 0.5, dtype=torch.float64, progress: bool = False) -> ChainResult:
-    """Checkerboard Metropolis chains on ``exp(-S)``; records primaries after every sweep."""
+                     target_acceptance: float = 0.5, dtype=torch.float64, keep_every: int = 0,
+                     progress: bool = False) -> ChainResult:
+    """Checkerboard Metropolis chains on ``exp(-S)``; records primaries after every sweep and keeps
+    every ``keep_every``-th configuration."""
     form = action.local_form()
     if form is None:
         raise ValueError(f"sampler 'local' needs a nearest-neighbour action; {action.name!r} is non-local (use hmc)")
@@ -35,7 +37,7 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
     phi = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, generator=gen)
     x, y = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
     colours = [((x + y) % 2 == k) for k in (0, 1)]
-    recorder = SeriesRecorder()
+    recorder = SeriesRecorder(keep_every)
     accepted = 0.0
     for it in tqdm(range(warmup + n), disable=not progress, desc="local", leave=False):
         if it == warmup:
@@ -62,5 +64,6 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
         chains=chains,
         action_evals=n,
         step_size=width,
-        final=phi,
+        configs=recorder.kept(),
+        keep_every=keep_every,
     )

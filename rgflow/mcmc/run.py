@@ -1,4 +1,4 @@
-"""One interface over all samplers: run, summarise (with cost per independent sample), save, plot.
+"""One interface over all samplers: run, summarise (with cost per independent sample), plot.
 
 Costs are per chain step: ``seconds_per_step = seconds / (n chains)`` (chains run vectorised),
 ``grad_evals_per_step`` (action or effective-action gradients). The cost of one independent
@@ -6,9 +6,6 @@ sample of an observable is ``2 tau_int`` steps.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,52 +24,70 @@ from rgflow.mcmc.local import local_metropolis  # noqa: E402
 from rgflow.physics.observables import PRIMARY_OF, chain_observables, primaries  # noqa: E402
 from rgflow.stats import autocorrelation  # noqa: E402
 
-__all__ = ["SAMPLERS", "FLOW_SAMPLERS", "run_sampler", "flow_imh", "summarize", "save_chain", "plot_autocorrelation"]
+__all__ = ["SAMPLERS", "FLOW_SAMPLERS", "run_sampler", "flow_imh", "summarize", "plot_autocorrelation"]
 
 SAMPLERS = ("local", "hmc", "imh", "latent-hmc", "latent-local")
 FLOW_SAMPLERS = ("imh", "latent-hmc", "latent-local")
 
 
 @torch.no_grad()
-def flow_imh(flow, action, n: int, chains: int = 16, seed: int = 0, batch_size: int = 4096) -> ChainResult:
-    """Independence Metropolis with the flow's proposals, ``chains`` chains of ``n`` steps."""
+def flow_imh(flow, action, n: int, chains: int = 16, seed: int = 0, batch_size: int = 4096,
+             keep_every: int = 0) -> ChainResult:
+    """Independence Metropolis with the flow's proposals, ``chains`` chains of ``n`` steps.
+
+    With ``keep_every > 0`` all proposals are held (float32) until the accept/reject pass has
+    chosen which ones every ``keep_every``-th chain state is.
+    """
     gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
     t0 = time.perf_counter()
-    prims, log_w = [], []
+    prims, log_w, proposals = [], [], []
     for start in range(0, n * chains, batch_size):
         x, log_q = flow.sample(min(batch_size, n * chains - start), generator=gen)
         log_w.append((-action(x) - log_q).double().cpu())
         prims.append(primaries(action.measurement_field(x, gen)))
+        if keep_every:
+            proposals.append(x.to("cpu", torch.float32))
     log_w = torch.cat(log_w).numpy().reshape(chains, n)
     prim = {k: np.concatenate([p[k] for p in prims]).reshape(chains, n) for k in prims[0]}
     series = {k: np.empty((chains, n)) for k in prim}
+    kept = []
     acc = 0.0
     for c in range(chains):
         idx, a = independence_metropolis(log_w[c], seed=seed + c)
         acc += a / chains
         for k in prim:
             series[k][c] = prim[k][c, idx]
-    return ChainResult("imh", series, acc, time.perf_counter() - t0, n, chains, action_evals=n)
+        if keep_every:
+            kept.append(idx[::keep_every] + c * n)
+    configs = torch.cat(proposals)[torch.as_tensor(np.stack(kept))] if keep_every else None
+    return ChainResult("imh", series, acc, time.perf_counter() - t0, n, chains, action_evals=n, configs=configs,
+                       keep_every=keep_every)
 
 
 def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: int = 0, flow=None,
-                progress: bool = False) -> ChainResult:
-    """Run ``sampler`` (see :data:`SAMPLERS`); the flow samplers need a trained ``flow``."""
+                keep_every: int = 0, progress: bool = False) -> ChainResult:
+    """Run ``sampler`` (see :data:`SAMPLERS`); the flow samplers need a trained ``flow``.
+
+    Every ``keep_every``-th configuration of every chain is kept in ``result.configs`` (0: none).
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if n < 4 or chains < 1:
         raise ValueError(f"--n must be >= 4 and --chains >= 1, got n={n}, chains={chains}")
+    if keep_every < 0:
+        raise ValueError(f"--save-every must be >= 0 (0 keeps no configurations), got {keep_every}")
+    kw = {"chains": chains, "seed": seed, "keep_every": keep_every}
     if sampler in FLOW_SAMPLERS and flow is None:
         raise ValueError(f"sampler {sampler!r} needs a trained run (rgflow mcmc RUN --sampler {sampler})")
     if sampler == "local":
-        return local_metropolis(action, L, n, chains=chains, seed=seed, progress=progress)
+        return local_metropolis(action, L, n, progress=progress, **kw)
     if sampler == "hmc":
-        return hmc(action, L, n, chains=chains, seed=seed, progress=progress)
+        return hmc(action, L, n, progress=progress, **kw)
     if sampler == "imh":
-        return flow_imh(flow, action, n, chains=chains, seed=seed)
+        return flow_imh(flow, action, n, **kw)
     if sampler == "latent-local":
-        return latent_local(flow, action, n, chains=chains, seed=seed, progress=progress)
-    return latent_hmc(flow, action, n, chains=chains, seed=seed, progress=progress)
+        return latent_local(flow, action, n, progress=progress, **kw)
+    return latent_hmc(flow, action, n, progress=progress, **kw)
 
 
 def summarize(res: ChainResult, action, L: int) -> dict:
@@ -97,24 +112,6 @@ def summarize(res: ChainResult, action, L: int) -> dict:
             for k, t in taus.items()
         },
     }
-
-
-def save_chain(res: ChainResult, path: str | Path, action, L: int) -> Path:
-    """Write the chain atomically as ``.npz``: primaries ``[chains, n]``, final configurations, metadata."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"--out must name an .npz file, got {str(path)!r}")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        final = res.final.detach().cpu().numpy() if res.final is not None else np.zeros(0)
-        np.savez(tmp, **{f"series_{k}": v for k, v in res.series.items()}, final=final, sampler=res.sampler,
-                 action=action.name, params=json.dumps(action.params), L=L, acceptance=res.acceptance)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def plot_autocorrelation(res: ChainResult, summary: dict, path: str | Path, max_lag: int = 200) -> None:

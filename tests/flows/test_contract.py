@@ -34,6 +34,7 @@ CASES = {
     "ode-z2-block": lambda: _vector(make_block("ode", 2, 1, couplings=2, hidden=8, ode_steps=16, symmetry="z2")),
     "ode-u1-block-C2": lambda: _vector(make_block("ode", 2, 2, couplings=1, hidden=8, ode_steps=16, symmetry="u1")),
     "affine-z2-block": lambda: _vector(make_block("affine", 2, 1, couplings=4, hidden=8, symmetry="z2")),
+    "spline-z2-block": lambda: _vector(make_block("spline", 2, 1, couplings=3, hidden=8, symmetry="z2")),
     "mera-ode-L4": lambda: _field(build_flow(Layout(4), block="ode", hidden=8, couplings=1, ode_steps=16), 1, 4),
     "mixed-blocks": lambda: _field(
         RGFlow(
@@ -92,6 +93,21 @@ def test_round_trip_and_logdets(name, float64):
     torch.testing.assert_close(x2, x, atol=_tol(name, 1e-8), rtol=0)
     torch.testing.assert_close(ld_f + ld_i, torch.zeros_like(ld_f), atol=_tol(name, 1e-8), rtol=0)
     assert not torch.allclose(y, x), "perturbed transform should not be the identity"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_numbers_without_gradients(name, float64):
+    """Evaluation under ``torch.no_grad`` (sampling, ESS, Metropolis) equals the training-mode maps."""
+    t, shape = _make(name)
+    _perturb(t, 0.1 if "u1" in name else 0.3)
+    x = torch.randn(shape)
+    y, ld_f = t(x)
+    x2, ld_i = t.inverse(y)
+    with torch.no_grad():
+        y0, ld_f0 = t(x)
+        x20, ld_i0 = t.inverse(y)
+    for a, b in ((y0, y), (ld_f0, ld_f), (x20, x2), (ld_i0, ld_i)):
+        torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from rgflow.cli import main
+from rgflow.ensemble import load_ensemble
+from rgflow.physics.observables import primaries
 
 TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--couplings", "2", "--batch-size", "16"]
 
@@ -26,9 +28,48 @@ def test_physical_hmc_without_a_run_writes_chain_and_figure(tmp_path, capsys):
     assert res["n_samples"] == 800 and res["grad_evals_per_step"] == 10
     assert all(len(v) == 2 for v in res["tau_int"].values())
     data = np.load(out)
-    assert data["series_abs_m"].shape == (4, 200) and data["final"].shape == (4, 1, 4, 4)
+    assert data["series_abs_m"].shape == (4, 200) and data["fields"].shape == (4 * 20, 1, 4, 4)  # --save-every 10
     assert str(data["action"]) == "free" and json.loads(str(data["params"])) == {"m2": 1.0}
     assert out.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["hmc", "local", "imh", "latent-hmc", "latent-local"])
+def test_saved_ensemble_is_the_chain_every_kth_state(run, sampler, tmp_path):
+    """The kept configurations are exactly the recorded chain states 0, k, 2k, ... of each chain."""
+    out = tmp_path / "chain.npz"
+    source = [str(run)] if sampler in ("imh", "latent-hmc", "latent-local") else ["--action", "free", "--m2", "1",
+                                                                                 "--L", "4"]
+    assert main(["mcmc", *source, "--sampler", sampler, "--n", "60", "--chains", "3", "--save-every", "7",
+                 "--out", str(out), "--json"]) == 0
+    ens = load_ensemble(out)
+    assert ens.fields.shape == (3 * 9, 1, 4, 4) and ens.source == f"mcmc:{sampler}" and ens.log_w is None
+    assert ens.action.name == "free" and ens.action.params == {"m2": 1.0} and ens.L == 4
+    series = np.load(out)["series_e_link"][:, ::7].reshape(-1)
+    np.testing.assert_allclose(primaries(ens.fields)["e_link"], series, rtol=1e-5, atol=1e-6)
+
+
+def test_flow_samples_load_with_weights(run, tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "-n", "50", "--out", str(out)]) == 0
+    ens = load_ensemble(out)
+    assert ens.fields.shape == (50, 1, 4, 4) and ens.source == "flow" and ens.log_w.shape == (50,)
+    np.testing.assert_allclose(ens.log_w.numpy(), -ens.action(ens.fields.double()).numpy() - np.load(out)["log_q"],
+                               rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "not a readable .npz"), (b"PK\x03\x04junk", "not a readable .npz")])
+def test_corrupt_ensemble_is_refused(tmp_path, content, problem):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=problem):
+        load_ensemble(bad)
+
+
+def test_ensemble_without_fields_is_refused(tmp_path):
+    bad = tmp_path / "other.npz"
+    np.savez(bad, x=np.zeros(3))
+    with pytest.raises(ValueError, match="lacks L, action, fields, params"):
+        load_ensemble(bad)
 
 
 @pytest.mark.parametrize("sampler", ["imh", "latent-hmc", "latent-local", "local"])

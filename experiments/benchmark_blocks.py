@@ -1,0 +1,146 @@
+"""Block benchmark: coupling vs neural-ODE RG blocks, with and without exact Z2 symmetry.
+
+Same MERA layout, prior and optimiser for every variant; only the block bijection changes.
+Each variant is trained for the same wall time on this machine (one after the other) and with
+(nearly) the same number of parameters: the ODE velocity width is chosen so that its parameter
+count matches the spline flow's (reported per row).
+
+Variants: ``spline`` (rational-quadratic spline couplings, the default), ``spline-z2`` (odd
+splines with even conditioners), ``ode`` (neural-ODE blocks, RK4, exact trace) and ``ode-z2``
+(odd velocity field). Cases (see ``benchmark_reverse_kl.CASES``): ``phi4-L8`` (tutorial point),
+``ising-L16`` (HS relaxation at T_c), ``phi4-L32`` (m2 = -4, lam = 4.572).
+
+Usage::
+
+    python experiments/benchmark_blocks.py                     # everything (about 40 min)
+    python experiments/benchmark_blocks.py --cases phi4-L8 --minutes 0.2 --out /tmp/b.json
+    python experiments/benchmark_blocks.py --report            # redraw figure and table from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark_reverse_kl import CASES, evaluate_case  # noqa: E402
+from rgflow.config import TrainConfig  # noqa: E402
+from rgflow.train import train  # noqa: E402
+from rgflow.train.loop import build_model  # noqa: E402
+
+BLOCK_CASES = ("phi4-L8", "ising-L16", "phi4-L32")
+VARIANTS = {
+    "spline": {"block": "spline"},
+    "spline-z2": {"block": "spline", "symmetric": True},
+    "ode": {"block": "ode"},
+    "ode-z2": {"block": "ode", "symmetric": True},
+}
+ROOT = Path(__file__).resolve().parent
+
+
+def n_params(cfg: TrainConfig) -> int:
+    return sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def matched_config(case: str, variant: str, **extra) -> TrainConfig:
+    """The variant's config, its ``hidden`` width chosen to match the default spline flow's parameters."""
+    target = n_params(TrainConfig(**CASES[case], steps=1))
+    cfg = TrainConfig(**CASES[case], **VARIANTS[variant], **extra)
+    if VARIANTS[variant]["block"] != "spline":
+        cfg.hidden = min(range(8, 257), key=lambda h: abs(n_params(TrainConfig(**{**cfg.to_dict(), "hidden": h}))
+                                                         - target))
+    return cfg
+
+
+def run_variant(case: str, variant: str, minutes: float, n_eval: int, work: Path, seed: int) -> dict:
+    cfg = matched_config(case, variant, minutes=minutes, seed=seed, eval_every=10**9)
+    run_dir = work / f"{case}-{variant}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    summary = train(cfg, run_dir)
+    rec = {"case": case, "flow": variant, "train_seconds": summary["elapsed"], "steps": summary["step"]}
+    return evaluate_case(rec, run_dir, n_eval, seed)
+
+
+def markdown_table(results: list[dict]) -> str:
+    rows = ["| case | block | params (hidden) | steps | ESS/N | IMH acc. | F_var − F_exact | samples/s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        gap = f"{r['kl']:.3f}" if "kl" in r else "–"
+        rows.append(f"| {r['case']} | {r['flow']} | {r['n_params']} ({r['config']['hidden']}) | {r['steps']} | "
+                    f"{r['ess']:.3g} | {r['imh_acceptance']:.3f} | {gap} | {r['samples_per_second']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    cases = [c for c in BLOCK_CASES if any(r["case"] == c for r in results)]
+    panels = [("ess", "ESS / N", True), ("kl", r"$F_{var} - F_{exact}$ [nats] (Ising)", False),
+              ("samples_per_second", "samples / s (batch 1024)", True)]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    width = 0.8 / len(VARIANTS)
+    for k, variant in enumerate(VARIANTS):
+        rs = {r["case"]: r for r in results if r["flow"] == variant}
+        offset = (k - (len(VARIANTS) - 1) / 2) * width
+        for a, (key, _, _) in zip(ax, panels):
+            have = [c for c in cases if c in rs and key in rs[c]]
+            a.bar([cases.index(c) + offset for c in have], [rs[c][key] for c in have], width, label=variant)
+    for a, (_, title, log) in zip(ax, panels):
+        a.set_xticks(range(len(cases)), cases)
+        a.set_title(title)
+        if log:
+            a.set_yscale("log")
+        a.legend(fontsize=8)
+    budgets = ", ".join(f"{c}: {next(r['train_seconds'] for r in results if r['case'] == c) / 60:.0f} min"
+                        for c in cases)
+    fig.suptitle(f"RG blocks at equal parameters and equal wall time on {os.cpu_count()} CPU cores ({budgets})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(BLOCK_CASES), help=f"comma-separated subset of {', '.join(BLOCK_CASES)}")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per variant at L <= 16")
+    p.add_argument("--minutes-l32", type=float, default=5.0, help="training budget per variant at L = 32")
+    p.add_argument("--n-eval", type=int, default=16384)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="/tmp/rgflow-blocks", help="scratch folder for the run folders")
+    p.add_argument("--out", default=str(ROOT / "results" / "blocks.json"))
+    p.add_argument("--figure", default=str(ROOT.parent / "figures" / "benchmark_blocks.png"))
+    p.add_argument("--report", action="store_true", help="only redraw the figure and print the table from the JSON")
+    args = p.parse_args()
+    cases, variants = args.cases.split(","), args.variants.split(",")
+    for name, chosen, allowed in (("case", cases, BLOCK_CASES), ("variant", variants, VARIANTS)):
+        if set(chosen) - set(allowed):
+            p.error(f"unknown {name}(s) {', '.join(sorted(set(chosen) - set(allowed)))}; allowed: {', '.join(allowed)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text())["results"] if out.exists() else []
+    if not args.report:
+        machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "platform": platform.platform(), "processor": platform.processor()}
+        for case in cases:
+            minutes = args.minutes_l32 if case == "phi4-L32" else args.minutes
+            for variant in variants:
+                rec = run_variant(case, variant, minutes, args.n_eval, Path(args.work), args.seed)
+                results = [r for r in results if (r["case"], r["flow"]) != (case, variant)] + [rec]
+                print(json.dumps({k: rec.get(k) for k in ("case", "flow", "n_params", "steps", "ess", "kl",
+                                                          "samples_per_second")}), flush=True)
+                order = {c: i for i, c in enumerate(BLOCK_CASES)}
+                results.sort(key=lambda r: (order[r["case"]], list(VARIANTS).index(r["flow"])))
+                out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    plot(results, Path(args.figure))
+    print(markdown_table(results))
+
+
+if __name__ == "__main__":
+    main()
