@@ -12,7 +12,7 @@ splines with even conditioners), ``ode`` (neural-ODE blocks, RK4, exact trace) a
 
 Usage::
 
-    python experiments/benchmark_blocks.py                     # everything (about 40 min)
+    python experiments/benchmark_blocks.py                     # everything (about 60 min)
     python experiments/benchmark_blocks.py --cases phi4-L8 --minutes 0.2 --out /tmp/b.json
     python experiments/benchmark_blocks.py --report            # redraw figure and table from the JSON
 """
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+
+from common import add_output_arguments, machine  # noqa: E402
 
 from benchmark_reverse_kl import CASES, evaluate_case  # noqa: E402
 from rgflow.config import TrainConfig  # noqa: E402
@@ -43,7 +42,6 @@ VARIANTS = {
     "ode": {"block": "ode"},
     "ode-z2": {"block": "ode", "symmetric": True},
 }
-ROOT = Path(__file__).resolve().parent
 
 
 def n_params(cfg: TrainConfig) -> int:
@@ -60,29 +58,31 @@ def matched_config(case: str, variant: str, **extra) -> TrainConfig:
     return cfg
 
 
-def run_variant(case: str, variant: str, minutes: float, n_eval: int, work: Path, seed: int) -> dict:
+def run_variant(case: str, variant: str, minutes: float, n_eval: int, work: Path, seed: int, n_eval_ode: int) -> dict:
     cfg = matched_config(case, variant, minutes=minutes, seed=seed, eval_every=10**9)
     run_dir = work / f"{case}-{variant}"
     shutil.rmtree(run_dir, ignore_errors=True)
     summary = train(cfg, run_dir)
     rec = {"case": case, "flow": variant, "train_seconds": summary["elapsed"], "steps": summary["step"]}
+    if cfg.block == "ode":  # 10-100x slower to sample: fewer evaluation samples, smaller batches
+        return evaluate_case(rec, run_dir, n_eval_ode, seed, batch=128)
     return evaluate_case(rec, run_dir, n_eval, seed)
 
 
 def markdown_table(results: list[dict]) -> str:
-    rows = ["| case | block | params (hidden) | steps | ESS/N | IMH acc. | F_var − F_exact | samples/s |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| case | block | params (hidden) | steps | N eval | ESS/N | IMH acc. | F_var − F_exact | samples/s |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gap = f"{r['kl']:.3f}" if "kl" in r else "–"
-        rows.append(f"| {r['case']} | {r['flow']} | {r['n_params']} ({r['config']['hidden']}) | {r['steps']} | "
+        rows.append(f"| {r['case']} | {r['flow']} | {r['n_params']} ({r['config']['hidden']}) | {r['steps']} | {r['n_samples']} | "
                     f"{r['ess']:.3g} | {r['imh_acceptance']:.3f} | {gap} | {r['samples_per_second']:.0f} |")
     return "\n".join(rows)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, threads: int) -> None:
     cases = [c for c in BLOCK_CASES if any(r["case"] == c for r in results)]
     panels = [("ess", "ESS / N", True), ("kl", r"$F_{var} - F_{exact}$ [nats] (Ising)", False),
-              ("samples_per_second", "samples / s (batch 1024)", True)]
+              ("samples_per_second", "samples / s", True)]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     width = 0.8 / len(VARIANTS)
     for k, variant in enumerate(VARIANTS):
@@ -99,7 +99,8 @@ def plot(results: list[dict], path: Path) -> None:
         a.legend(fontsize=8)
     budgets = ", ".join(f"{c}: {next(r['train_seconds'] for r in results if r['case'] == c) / 60:.0f} min"
                         for c in cases)
-    fig.suptitle(f"RG blocks at equal parameters and equal wall time on {os.cpu_count()} CPU cores ({budgets})")
+    fig.suptitle(f"RG blocks at equal parameters and equal wall time, {threads} CPU thread(s) per run ({budgets}); "
+                 "missing bars: not run (ODE at L=32: out of memory)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -110,13 +111,11 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(BLOCK_CASES), help=f"comma-separated subset of {', '.join(BLOCK_CASES)}")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per variant at L <= 16")
-    p.add_argument("--minutes-l32", type=float, default=5.0, help="training budget per variant at L = 32")
+    p.add_argument("--minutes-l32", type=float, default=4.0, help="training budget per variant at L = 32")
     p.add_argument("--n-eval", type=int, default=16384)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="/tmp/rgflow-blocks", help="scratch folder for the run folders")
-    p.add_argument("--out", default=str(ROOT / "results" / "blocks.json"))
-    p.add_argument("--figure", default=str(ROOT.parent / "figures" / "benchmark_blocks.png"))
-    p.add_argument("--report", action="store_true", help="only redraw the figure and print the table from the JSON")
+    p.add_argument("--n-eval-ode", type=int, default=2048, help="evaluation samples for the (slow) ODE variants")
+    p.add_argument("--redo", action="store_true", help="rerun (case, variant) pairs already in the JSON")
+    add_output_arguments(p, "blocks")
     args = p.parse_args()
     cases, variants = args.cases.split(","), args.variants.split(",")
     for name, chosen, allowed in (("case", cases, BLOCK_CASES), ("variant", variants, VARIANTS)):
@@ -124,21 +123,24 @@ def main() -> None:
             p.error(f"unknown {name}(s) {', '.join(sorted(set(chosen) - set(allowed)))}; allowed: {', '.join(allowed)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out.read_text())["results"] if out.exists() else []
+    data = json.loads(out.read_text()) if out.exists() else {}  # keeps hand-written "notes"
+    results = data.get("results", [])
     if not args.report:
-        machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "platform": platform.platform(), "processor": platform.processor()}
+        machine_record = machine()
         for case in cases:
             minutes = args.minutes_l32 if case == "phi4-L32" else args.minutes
             for variant in variants:
-                rec = run_variant(case, variant, minutes, args.n_eval, Path(args.work), args.seed)
+                if not args.redo and any((r["case"], r["flow"]) == (case, variant) for r in results):
+                    continue
+                rec = run_variant(case, variant, minutes, args.n_eval, Path(args.work), args.seed, args.n_eval_ode)
                 results = [r for r in results if (r["case"], r["flow"]) != (case, variant)] + [rec]
                 print(json.dumps({k: rec.get(k) for k in ("case", "flow", "n_params", "steps", "ess", "kl",
                                                           "samples_per_second")}), flush=True)
                 order = {c: i for i, c in enumerate(BLOCK_CASES)}
                 results.sort(key=lambda r: (order[r["case"]], list(VARIANTS).index(r["flow"])))
-                out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    plot(results, Path(args.figure))
+                data.update(machine=machine_record, results=results)
+                out.write_text(json.dumps(data, indent=2) + "\n")
+    plot(results, Path(args.figure), data.get("machine", machine())["torch_threads"])
     print(markdown_table(results))
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from common import add_output_arguments, machine  # noqa: E402
 
 from rgflow.config import TrainConfig  # noqa: E402
 from rgflow.physics import ISING_TC  # noqa: E402
@@ -52,18 +53,21 @@ FLOWS = {
     "flat": {"flow": "flat", "n_couplings": 16, "hidden": 8, "layers": 2, "lr": 1e-3, "batch_size": 64,
              "schedule": "constant", "learn_level_scale": False},
 }
-ROOT = Path(__file__).resolve().parent
 
 
-def throughput(flow, action, n: int = 4096) -> float:
-    """Samples per second of ``flow.sample`` + action, batch 1024, no gradients."""
+def throughput(flow, action, n: int = 4096, batch: int = 1024, max_seconds: float = 30.0) -> float:
+    """Samples per second of ``flow.sample`` + action in batches of ``batch``, no gradients.
+
+    Stops after ``n`` samples or, for slow flows, after the first batch past ``max_seconds``.
+    """
     with torch.no_grad():
-        flow.sample(64)
-        t0 = time.perf_counter()
-        for _ in range(n // 1024):
-            x, _ = flow.sample(1024)
+        flow.sample(min(64, batch))
+        t0, done = time.perf_counter(), 0
+        while done < n and time.perf_counter() - t0 < max_seconds:
+            x, _ = flow.sample(batch)
             action(x)
-    return n / (time.perf_counter() - t0)
+            done += batch
+    return done / (time.perf_counter() - t0)
 
 
 def run_case(case: str, flow_name: str, minutes: float, n_eval: int, work: Path, seed: int) -> dict:
@@ -76,7 +80,7 @@ def run_case(case: str, flow_name: str, minutes: float, n_eval: int, work: Path,
     return evaluate_case(rec, run_dir, n_eval, seed)
 
 
-def evaluate_case(rec: dict, run_dir: Path, n_eval: int, seed: int) -> dict:
+def evaluate_case(rec: dict, run_dir: Path, n_eval: int, seed: int, batch: int = 1024) -> dict:
     """Evaluate the trained run in ``run_dir`` (deterministic given ``seed``) into ``rec``."""
     cfg, flow, _ = load_run(run_dir)
     action = cfg.make_action()
@@ -85,7 +89,7 @@ def evaluate_case(rec: dict, run_dir: Path, n_eval: int, seed: int) -> dict:
         **rec,
         "config": cfg.to_dict(),
         "n_params": sum(p.numel() for p in flow.parameters()),
-        "samples_per_second": throughput(flow, action),
+        "samples_per_second": throughput(flow, action, batch=batch),
         **{k: ev[k] for k in ("n_samples", "ess", "imh_acceptance", "lnZ", "lnZ_err", "pareto_k", "lnZ_reliable",
                               "f_variational", "f_variational_err")},
         "observables": ev["observables"],
@@ -143,12 +147,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="training budget per flow (L <= 16)")
     p.add_argument("--minutes-l32", type=float, default=30.0, help="training budget per flow at L = 32")
     p.add_argument("--n-eval", type=int, default=16384)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="/tmp/rgflow-benchmark", help="scratch folder for the run folders")
-    p.add_argument("--out", default=str(ROOT / "results" / "reverse_kl.json"))
-    p.add_argument("--figure", default=str(ROOT.parent / "figures" / "benchmark_reverse_kl.png"))
+    add_output_arguments(p, "reverse_kl")
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the run folders in --work, no training")
-    p.add_argument("--report", action="store_true", help="only redraw the figure and print the table from the JSON")
     args = p.parse_args()
     cases = args.cases.split(",")
     unknown = set(cases) - set(CASES)
@@ -175,11 +175,10 @@ def main() -> None:
             results = [r for r in results if (r["case"], r["flow"]) != (case, flow)] + [rec]
             print(json.dumps({k: rec[k] for k in ("case", "flow", "steps", "ess", "imh_acceptance", "lnZ", "lnZ_err")}
                              | ({"kl": rec["kl"]} if "kl" in rec else {})), flush=True)
-            machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                       "platform": platform.platform(), "processor": platform.processor()}
+            machine_record = machine()
             order = {c: i for i, c in enumerate(CASES)}
             results.sort(key=lambda r: (order[r["case"]], r["flow"]))
-            out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+            out.write_text(json.dumps({"machine": machine_record, "results": results}, indent=2) + "\n")
     plot(results, Path(args.figure))
     print(markdown_table(results))
 

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--sampler", choices=list(SAMPLERS), required=True)
     mc.add_argument("--n", type=int, default=2000, help="recorded steps per chain")
     mc.add_argument("--chains", type=int, default=16)
+    mc.add_argument("--warmup", type=int, default=200, help="unrecorded steps that tune the step size")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
@@ -199,7 +200,7 @@ def _mcmc(args: argparse.Namespace) -> int:
         Layout(L)  # the same lattice sizes as everywhere else
     out = check_npz_path(args.out) if args.out else None
     res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow,
-                      keep_every=args.save_every if out is not None else 0)
+                      keep_every=args.save_every if out is not None else 0, warmup=args.warmup)
     summary = summarize(res, action, L)
     if out is not None:
         save_chain(res, out, action, L)

@@ -53,6 +53,9 @@ CLI_CASES = [
     ("mcmc lattice size", ["mcmc", "--sampler", "hmc", "--L", "5"], "L=5 is not allowed"),
     ("mcmc too few steps", ["mcmc", "--sampler", "hmc", "--n", "2"], "--n must be >= 4"),
     ("mcmc output not .npz", ["mcmc", "--sampler", "hmc", "--out", "c.txt"], "--out must name an .npz file"),
+    ("mcmc negative warm-up", ["mcmc", "--sampler", "hmc", "--warmup", "-1"], "--warmup must be >= 0"),
+    ("mcmc negative save-every", ["mcmc", "--sampler", "hmc", "--save-every", "-2", "--out", "c.npz"],
+     "--save-every must be >= 0"),
 ]
 
 

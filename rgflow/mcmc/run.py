@@ -65,10 +65,11 @@ def flow_imh(flow, action, n: int, chains: int = 16, seed: int = 0, batch_size: 
 
 
 def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: int = 0, flow=None,
-                keep_every: int = 0, progress: bool = False) -> ChainResult:
+                keep_every: int = 0, warmup: int = 200, progress: bool = False) -> ChainResult:
     """Run ``sampler`` (see :data:`SAMPLERS`); the flow samplers need a trained ``flow``.
 
     Every ``keep_every``-th configuration of every chain is kept in ``result.configs`` (0: none).
+    ``warmup`` unrecorded steps tune the step size (imh needs none: its proposals are independent).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
@@ -76,18 +77,20 @@ def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: in
         raise ValueError(f"--n must be >= 4 and --chains >= 1, got n={n}, chains={chains}")
     if keep_every < 0:
         raise ValueError(f"--save-every must be >= 0 (0 keeps no configurations), got {keep_every}")
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
     kw = {"chains": chains, "seed": seed, "keep_every": keep_every}
     if sampler in FLOW_SAMPLERS and flow is None:
         raise ValueError(f"sampler {sampler!r} needs a trained run (rgflow mcmc RUN --sampler {sampler})")
     if sampler == "local":
-        return local_metropolis(action, L, n, progress=progress, **kw)
+        return local_metropolis(action, L, n, warmup=warmup, progress=progress, **kw)
     if sampler == "hmc":
-        return hmc(action, L, n, progress=progress, **kw)
+        return hmc(action, L, n, warmup=warmup, progress=progress, **kw)
     if sampler == "imh":
         return flow_imh(flow, action, n, **kw)
     if sampler == "latent-local":
-        return latent_local(flow, action, n, progress=progress, **kw)
-    return latent_hmc(flow, action, n, progress=progress, **kw)
+        return latent_local(flow, action, n, warmup=warmup, progress=progress, **kw)
+    return latent_hmc(flow, action, n, warmup=warmup, progress=progress, **kw)
 
 
 def summarize(res: ChainResult, action, L: int) -> dict:

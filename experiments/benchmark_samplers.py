@@ -1,0 +1,200 @@
+"""Sampler benchmark: local Metropolis, HMC, flow IMH and latent HMC at near-critical phi^4.
+
+Stages (all by default, one after the other):
+
+1. ``kappa``: the critical hopping parameter of the hopping-convention phi^4 at lam = 0.022
+   from the crossing of the Binder cumulants U_4(kappa) of L = 16 and L = 32 (checkerboard
+   local Metropolis, tau_int-corrected errors; the crossing's error by a parametric bootstrap).
+2. ``train``: rgflow's default flow (reverse KL) for each point: hopping phi^4 at kappa_c for
+   L = 16 and L = 32, and the E-line point L = 32 (standard convention, m2 = -4, lam = 4.572).
+3. ``sample``: every sampler on every point, ``chains`` chains each; tau_int of |m| and m^2
+   (Madras-Sokal window) and the cost per independent sample, ``2 tau_int`` times the cost per
+   step in seconds and in action gradients. Flow training time is reported separately (a
+   one-time cost; the break-even number of samples is printed).
+
+Usage::
+
+    python experiments/benchmark_samplers.py                       # everything (about 60 min)
+    python experiments/benchmark_samplers.py --stages sample --points hop-L16
+    python experiments/benchmark_samplers.py --report               # figure and table from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import add_output_arguments, machine  # noqa: E402
+
+from rgflow.config import TrainConfig  # noqa: E402
+from rgflow.mcmc.run import run_sampler, summarize  # noqa: E402
+from rgflow.physics.models import make_action  # noqa: E402
+from rgflow.stats import format_value_error  # noqa: E402
+from rgflow.train import load_run, train  # noqa: E402
+
+LAM = 0.022
+KAPPAS = (0.262, 0.265, 0.268, 0.271, 0.274, 0.277, 0.280)
+POINTS = ("hop-L16", "hop-L32", "eline-L32")
+#: recorded steps per chain at L = 16; latent HMC's (and its warm-up's) shrink as 1/V at larger L
+SAMPLERS = {"local": 4000, "hmc": 2000, "imh": 4000, "latent-hmc": 400}
+
+
+def binder_scan(Ls=(16, 32), kappas=KAPPAS, n: int = 4000, chains: int = 32, seed: int = 0) -> dict:
+    """U_4(kappa) for each L by local Metropolis; returns ``{L: [[kappa, U, dU], ...]}``."""
+    scan = {}
+    for L in Ls:
+        rows = []
+        for k in kappas:
+            res = run_sampler("local", make_action("phi4-hopping", kappa=k, lam=LAM), L, n, chains, seed)
+            est = summarize(res, make_action("phi4-hopping", kappa=k, lam=LAM), L)
+            rows.append([k, *est["observables"]["binder"], est["tau_int"]["abs_m"][0]])
+            print(f"L={L} kappa={k}: U4 = {format_value_error(*est['observables']['binder'])}, "
+                  f"tau_int(|m|) = {rows[-1][3]:.1f}", flush=True)
+        scan[str(L)] = rows
+    return scan
+
+
+def crossing(scan: dict, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Where U_4(L=16) - U_4(L=32) changes sign (linear interpolation), with a bootstrap error."""
+    a, b = (np.array(scan[k]) for k in sorted(scan, key=int))
+    rng = np.random.default_rng(seed)
+
+    def cross(ua, ub):
+        d = ua - ub
+        i = np.nonzero(np.sign(d[:-1]) != np.sign(d[1:]))[0]
+        if not len(i):
+            return np.nan
+        i = i[0]
+        return a[i, 0] + (a[i + 1, 0] - a[i, 0]) * d[i] / (d[i] - d[i + 1])
+
+    k0 = cross(a[:, 1], b[:, 1])
+    boots = [cross(a[:, 1] + a[:, 2] * rng.standard_normal(len(a)), b[:, 1] + b[:, 2] * rng.standard_normal(len(b)))
+             for _ in range(n_boot)]
+    return float(k0), float(np.nanstd(boots))
+
+
+def point_config(point: str, kappa_c: float, minutes: float) -> TrainConfig:
+    if point == "eline-L32":
+        return TrainConfig(action="phi4", L=32, couplings={"m2": -4.0, "lam": 4.572}, minutes=minutes)
+    L = int(point.split("L")[-1])
+    return TrainConfig(action="phi4-hopping", L=L, couplings={"kappa": kappa_c, "lam": LAM}, minutes=minutes)
+
+
+def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[dict]:
+    cfg, flow, _ = load_run(run_dir)
+    action = cfg.make_action()
+    rows = []
+    for sampler, n in SAMPLERS.items():
+        shrink = (16 / cfg.L) ** 2 if sampler == "latent-hmc" else 1.0
+        res = run_sampler(sampler, action, cfg.L, max(int(n * scale * shrink), 50), chains, seed, flow=flow,
+                          warmup=int(200 * shrink))
+        rows.append(summarize(res, action, cfg.L))
+        tau = rows[-1]["tau_int"]["abs_m"]
+        print(f"{run_dir.name} {sampler}: acceptance {res.acceptance:.3f}, tau_int(|m|) = {format_value_error(*tau)}, "
+              f"{rows[-1]['seconds_per_step'] * 1e3:.3f} ms/step", flush=True)
+    return rows
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| point | sampler | acceptance | τ_int(\\|m\\|) | τ_int(m²) | ms / step | grads / step | "
+             "s / indep. sample (\\|m\\|) | grads / indep. sample | ⟨\\|m\\|⟩ | χ |", "|---|" + "---|" * 10]
+    for point, p in result["points"].items():
+        for r in p.get("samplers", []):
+            c = r["cost_per_independent_sample"]["abs_m"]
+            lines.append(
+                f"| {point} | {r['sampler']} | {r['acceptance']:.3f} | {format_value_error(*r['tau_int']['abs_m'])} | "
+                f"{format_value_error(*r['tau_int']['chi'])} | {r['seconds_per_step'] * 1e3:.3f} | "
+                f"{r['grad_evals_per_step']:g} | {c['seconds']:.2e} | {c['grad_evals']:.0f} | "
+                f"{format_value_error(*r['observables']['abs_m'])} | {format_value_error(*r['observables']['chi'])} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.4))
+    scan = result.get("binder_scan", {})
+    for L, rows in scan.items():
+        r = np.array(rows)
+        ax[0].errorbar(r[:, 0], r[:, 1], r[:, 2], marker="o", capsize=2, label=f"L = {L}")
+    if "kappa_c" in result:
+        kc, dk = result["kappa_c"]
+        ax[0].axvspan(kc - dk, kc + dk, color="k", alpha=0.15, label=f"κ_c = {format_value_error(kc, dk)}")
+    ax[0].set(xlabel="κ", ylabel="Binder cumulant $U_4$", title=f"hopping φ⁴, λ = {LAM}")
+    ax[0].legend()
+    points = [p for p, entry in result["points"].items() if "samplers" in entry]
+    samplers = list(SAMPLERS)
+    width = 0.8 / len(samplers)
+    for k, s in enumerate(samplers):
+        rs = [next((r for r in result["points"][p]["samplers"] if r["sampler"] == s), None) for p in points]
+        xs = [i + (k - (len(samplers) - 1) / 2) * width for i in range(len(points))]
+        tau = [r["tau_int"]["abs_m"][0] if r else np.nan for r in rs]
+        err = [r["tau_int"]["abs_m"][1] if r else 0 for r in rs]
+        cost = [r["cost_per_independent_sample"]["abs_m"]["seconds"] if r else np.nan for r in rs]
+        ax[1].bar(xs, tau, width, yerr=err, capsize=2, label=s)
+        ax[2].bar(xs, cost, width, label=s)
+    ax[1].axhline(2, color="k", ls="--", lw=1, label="goal τ_int ≤ 2")
+    for a, title in ((ax[1], "τ_int(|m|) [sampler steps]"), (ax[2], "seconds per independent |m| sample")):
+        a.set_xticks(range(len(points)), points)
+        a.set_yscale("log")
+        a.set_title(title)
+        a.legend(fontsize=8)
+    fig.suptitle(f"samplers at near-critical φ⁴ on {result['machine']['cpus']} CPU cores "
+                 f"({result['machine']['torch_threads']} torch thread(s) per run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stages", default="kappa,train,sample", help="comma-separated subset of kappa, train, sample")
+    p.add_argument("--points", default=",".join(POINTS), help=f"comma-separated subset of {', '.join(POINTS)}")
+    p.add_argument("--minutes", type=float, default=8.0, help="flow training budget at L = 16 (x1.25 at L = 32)")
+    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every sampler's chain length")
+    add_output_arguments(p, "samplers")
+    args = p.parse_args()
+    stages, points = args.stages.split(","), args.points.split(",")
+    if set(points) - set(POINTS) or set(stages) - {"kappa", "train", "sample"}:
+        p.error(f"allowed points: {', '.join(POINTS)}; allowed stages: kappa, train, sample")
+    out, work = Path(args.out), Path(args.work)
+    result = json.loads(out.read_text()) if out.exists() else {"points": {}}
+    result["machine"] = machine()
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    if not args.report:
+        if "kappa" in stages:
+            result["binder_scan"] = binder_scan(seed=args.seed)
+            result["kappa_c"] = crossing(result["binder_scan"])
+            print(f"kappa_c = {format_value_error(*result['kappa_c'])}", flush=True)
+            save()
+        kappa_c = round(result["kappa_c"][0], 4)
+        for point in points:
+            run_dir = work / point
+            entry = result["points"].setdefault(point, {})
+            if "train" in stages:
+                minutes = args.minutes * (1.25 if point.endswith("L32") else 1.0)
+                cfg = point_config(point, kappa_c, minutes)
+                cfg.seed, cfg.eval_every = args.seed, 10**9
+                shutil.rmtree(run_dir, ignore_errors=True)
+                summary = train(cfg, run_dir)
+                entry.update(config=cfg.to_dict(), train_seconds=summary["elapsed"], train_steps=summary["step"])
+                save()
+            if "sample" in stages:
+                entry["samplers"] = sample_point(run_dir, args.chains, args.seed, args.scale)
+                save()
+    plot(result, Path(args.figure))
+    print(markdown_table(result))
+
+
+if __name__ == "__main__":
+    main()
