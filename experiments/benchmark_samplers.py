@@ -117,7 +117,7 @@ def markdown_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, ax = plt.subplots(1, 4, figsize=(21, 4.4))
     scan = result.get("binder_scan", {})
     for L, rows in scan.items():
         r = np.array(rows)
@@ -136,10 +136,14 @@ def plot(result: dict, path: Path) -> None:
         tau = [r["tau_int"]["abs_m"][0] if r else np.nan for r in rs]
         err = [r["tau_int"]["abs_m"][1] if r else 0 for r in rs]
         cost = [r["cost_per_independent_sample"]["abs_m"]["seconds"] if r else np.nan for r in rs]
+        grads = [r["cost_per_independent_sample"]["abs_m"]["grad_evals"] if r else np.nan for r in rs]
         ax[1].bar(xs, tau, width, yerr=err, capsize=2, label=s)
         ax[2].bar(xs, cost, width, label=s)
+        if any(g > 0 for g in grads):  # local and imh use no gradients
+            ax[3].bar(xs, grads, width, label=s, color=f"C{k}")
     ax[1].axhline(2, color="k", ls="--", lw=1, label="goal τ_int ≤ 2")
-    for a, title in ((ax[1], "τ_int(|m|) [sampler steps]"), (ax[2], "seconds per independent |m| sample")):
+    for a, title in ((ax[1], "τ_int(|m|) [sampler steps]"), (ax[2], "seconds per independent |m| sample"),
+                     (ax[3], "gradients per independent |m| sample\n(HMC: of S; latent HMC: of S_eff, through the flow)")):
         a.set_xticks(range(len(points)), points)
         a.set_yscale("log")
         a.set_title(title)
@@ -165,13 +169,13 @@ def main() -> None:
         p.error(f"allowed points: {', '.join(POINTS)}; allowed stages: kappa, train, sample")
     out, work = Path(args.out), Path(args.work)
     result = json.loads(out.read_text()) if out.exists() else {"points": {}}
-    result["machine"] = machine()
 
     def save():
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     if not args.report:
+        result["machine"] = machine()
         if "kappa" in stages:
             result["binder_scan"] = binder_scan(seed=args.seed)
             result["kappa_c"] = crossing(result["binder_scan"])
