@@ -42,6 +42,13 @@ class SeriesRecorder:
     def kept(self) -> torch.Tensor | None:
         return torch.stack(self._kept, dim=1) if self._kept else None
 
+    def result(self, sampler: str, acceptance: float, seconds: float, **costs) -> "ChainResult":
+        """The :class:`ChainResult` of what was recorded (series, kept configurations, n, chains)."""
+        series = self.stacked()
+        chains = next(iter(series.values())).shape[0]
+        return ChainResult(sampler, series, acceptance, seconds, self._count, chains, configs=self.kept(),
+                           keep_every=self.keep_every, **costs)
+
 
 @dataclass
 class ChainResult:

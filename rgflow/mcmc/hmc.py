@@ -82,19 +82,8 @@ def run_hmc(
         accepted += rate
         x = q if field_of is None else field_of(q)
         recorder.record(measure(x), x)
-    return ChainResult(
-        sampler=sampler,
-        series=recorder.stacked(),
-        acceptance=accepted / n,
-        seconds=time.perf_counter() - t0,
-        n_steps=n,
-        chains=chains,
-        grad_evals=grad_evals,
-        action_evals=grad_evals,
-        step_size=eps,
-        configs=recorder.kept(),
-        keep_every=keep_every,
-    )
+    return recorder.result(sampler, accepted / n, time.perf_counter() - t0, grad_evals=grad_evals,
+                           action_evals=grad_evals, step_size=eps)
 
 
 def hmc(action, L: int, n: int, chains: int = 16, seed: int = 0, dtype=torch.float64, **kwargs) -> ChainResult:

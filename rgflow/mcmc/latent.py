@@ -63,15 +63,5 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
             continue
         accepted += rate
         recorder.record(action.measurement_field(x, gen), x)
-    return ChainResult(
-        sampler="latent-local",
-        series=recorder.stacked(),
-        acceptance=accepted / n,
-        seconds=time.perf_counter() - t0,
-        n_steps=n,
-        chains=chains,
-        action_evals=len(levels) * n,
-        step_size=float(np.mean(widths)),
-        configs=recorder.kept(),
-        keep_every=keep_every,
-    )
+    return recorder.result("latent-local", accepted / n, time.perf_counter() - t0, action_evals=len(levels) * n,
+                           step_size=float(np.mean(widths)))

@@ -55,15 +55,4 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
             continue
         accepted += rate
         recorder.record(phi)
-    return ChainResult(
-        sampler="local",
-        series=recorder.stacked(),
-        acceptance=accepted / n,
-        seconds=time.perf_counter() - t0,
-        n_steps=n,
-        chains=chains,
-        action_evals=n,
-        step_size=width,
-        configs=recorder.kept(),
-        keep_every=keep_every,
-    )
+    return recorder.result("local", accepted / n, time.perf_counter() - t0, action_evals=n, step_size=width)

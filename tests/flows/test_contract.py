@@ -60,6 +60,13 @@ def _make(name):
     return t, shape
 
 
+def _perturbed(name):
+    """The case with random weights (smaller for the cubic U(1) velocity) and a random input batch."""
+    t, shape = _make(name)
+    _perturb(t, 0.1 if "u1" in name else 0.3)
+    return t, shape, torch.randn(shape)
+
+
 def _tol(name, exact):
     """ODE blocks are bijections up to the solver error (RK4, 16-64 steps); couplings to rounding."""
     return 1e-5 if "ode" in name or "mixed" in name else exact
@@ -85,9 +92,7 @@ def test_identity_at_init(name, float64):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_round_trip_and_logdets(name, float64):
-    t, shape = _make(name)
-    _perturb(t, 0.1 if "u1" in name else 0.3)
-    x = torch.randn(shape)
+    t, shape, x = _perturbed(name)
     y, ld_f = t(x)
     x2, ld_i = t.inverse(y)
     torch.testing.assert_close(x2, x, atol=_tol(name, 1e-8), rtol=0)
@@ -98,9 +103,7 @@ def test_round_trip_and_logdets(name, float64):
 @pytest.mark.parametrize("name", list(CASES))
 def test_same_numbers_without_gradients(name, float64):
     """Evaluation under ``torch.no_grad`` (sampling, ESS, Metropolis) equals the training-mode maps."""
-    t, shape = _make(name)
-    _perturb(t, 0.1 if "u1" in name else 0.3)
-    x = torch.randn(shape)
+    t, shape, x = _perturbed(name)
     y, ld_f = t(x)
     x2, ld_i = t.inverse(y)
     with torch.no_grad():
@@ -112,9 +115,7 @@ def test_same_numbers_without_gradients(name, float64):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_logdet_matches_autograd_jacobian(name, float64):
-    t, shape = _make(name)
-    _perturb(t, 0.1 if "u1" in name else 0.3)
-    x = torch.randn(shape)
+    t, shape, x = _perturbed(name)
     _, ld = t(x)
     for b in range(shape[0]):
         f = lambda v: t(v.reshape(1, *shape[1:]))[0].flatten()
@@ -126,9 +127,7 @@ def test_logdet_matches_autograd_jacobian(name, float64):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_gradients_reach_every_parameter(name, float64):
-    t, shape = _make(name)
-    _perturb(t, 0.1 if "u1" in name else 0.3)
-    x = torch.randn(shape)
+    t, shape, x = _perturbed(name)
     if isinstance(t, RGFlow):
         loss = t.log_prob(x).sum() + t.sample(3)[1].sum()
     else:
