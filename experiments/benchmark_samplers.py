@@ -4,12 +4,16 @@ Stages (all by default, one after the other):
 
 1. ``kappa``: the critical hopping parameter of the hopping-convention phi^4 at lam = 0.022
    from the crossing of the Binder cumulants U_4(kappa) of L = 16 and L = 32 (checkerboard
-   local Metropolis, tau_int-corrected errors; the crossing's error by a parametric bootstrap).
+   local Metropolis, Gamma-method errors pooled over chains; the crossing's statistical error by
+   a parametric bootstrap). Thermalisation: 500 unrecorded sweeps, then the automatic cut
+   (10 tau_int, at most a quarter); the same chains analysed with half of every chain discarded
+   give a second crossing, and the difference is the warm-up systematic, added in quadrature.
 2. ``train``: rgflow's default flow (reverse KL) for each point: hopping phi^4 at kappa_c for
    L = 16 and L = 32, and the E-line point L = 32 (standard convention, m2 = -4, lam = 4.572).
 3. ``sample``: every sampler on every point, ``chains`` chains each; tau_int of |m| and m^2
    (Madras-Sokal window) and the cost per independent sample, ``2 tau_int`` times the cost per
-   step in seconds and in action gradients. Flow training time is reported separately (a
+   step in seconds and in action gradients. tau_int is reported for the odd magnetisation m
+   next to |m| and m^2 (chi). Flow training time is reported separately (a
    one-time cost; the break-even number of samples is printed).
 
 Usage::
@@ -46,24 +50,36 @@ POINTS = ("hop-L16", "hop-L32", "eline-L32")
 SAMPLERS = {"local": 4000, "hmc": 2000, "imh": 4000, "latent-hmc": 400}
 
 
-def binder_scan(Ls=(16, 32), kappas=KAPPAS, n: int = 4000, chains: int = 32, seed: int = 0) -> dict:
-    """U_4(kappa) for each L by local Metropolis; returns ``{L: [[kappa, U, dU], ...]}``."""
-    scan = {}
+def binder_scan(Ls=(16, 32), kappas=KAPPAS, n: int = 4000, chains: int = 32, seed: int = 0,
+                warmup: int = 500) -> dict:
+    """U_4(kappa) for each L by local Metropolis.
+
+    Returns ``{"auto": {L: rows}, "half": {L: rows}}``, rows ``[kappa, U, dU, tau_int(|m|), n_discarded,
+    thermalized]``: the same chains analysed with the automatic thermalisation cut and with half of
+    every chain discarded.
+    """
+    scan = {"auto": {}, "half": {}}
     for L in Ls:
-        rows = []
+        rows = {"auto": [], "half": []}
         for k in kappas:
-            res = run_sampler("local", make_action("phi4-hopping", kappa=k, lam=LAM), L, n, chains, seed)
-            est = summarize(res, make_action("phi4-hopping", kappa=k, lam=LAM), L)
-            rows.append([k, *est["observables"]["binder"], est["tau_int"]["abs_m"][0]])
-            print(f"L={L} kappa={k}: U4 = {format_value_error(*est['observables']['binder'])}, "
-                  f"tau_int(|m|) = {rows[-1][3]:.1f}", flush=True)
-        scan[str(L)] = rows
+            action = make_action("phi4-hopping", kappa=k, lam=LAM)
+            res = run_sampler("local", action, L, n, chains, seed, warmup=warmup)
+            for cut, discard in (("auto", "auto"), ("half", n // 2)):
+                est = summarize(res, action, L, discard=discard)
+                rows[cut].append([k, *est["observables"]["binder"], est["tau_int"]["abs_m"][0], est["n_discarded"],
+                                  est["thermalized"]])
+            a = rows["auto"][-1]
+            print(f"L={L} kappa={k}: U4 = {format_value_error(a[1], a[2])} (half cut: "
+                  f"{format_value_error(*rows['half'][-1][1:3])}), tau_int(|m|) = {a[3]:.1f}, discarded {a[4]}, "
+                  f"thermalized {a[5]}", flush=True)
+        for cut in rows:
+            scan[cut][str(L)] = rows[cut]
     return scan
 
 
 def crossing(scan: dict, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Where U_4(L=16) - U_4(L=32) changes sign (linear interpolation), with a bootstrap error."""
-    a, b = (np.array(scan[k]) for k in sorted(scan, key=int))
+    a, b = (np.array(scan[k], dtype=float)[:, :3] for k in sorted(scan, key=int))
     rng = np.random.default_rng(seed)
 
     def cross(ua, ub):
@@ -82,9 +98,9 @@ def crossing(scan: dict, n_boot: int = 2000, seed: int = 0) -> tuple[float, floa
 
 def point_config(point: str, kappa_c: float, minutes: float) -> TrainConfig:
     if point == "eline-L32":
-        return TrainConfig(action="phi4", L=32, couplings={"m2": -4.0, "lam": 4.572}, minutes=minutes)
+        return TrainConfig(action="phi4", L=32, params={"m2": -4.0, "lam": 4.572}, minutes=minutes)
     L = int(point.split("L")[-1])
-    return TrainConfig(action="phi4-hopping", L=L, couplings={"kappa": kappa_c, "lam": LAM}, minutes=minutes)
+    return TrainConfig(action="phi4-hopping", L=L, params={"kappa": kappa_c, "lam": LAM}, minutes=minutes)
 
 
 def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[dict]:
@@ -103,14 +119,18 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| point | sampler | acceptance | τ_int(\\|m\\|) | τ_int(m²) | ms / step | grads / step | "
-             "s / indep. sample (\\|m\\|) | grads / indep. sample | ⟨\\|m\\|⟩ | χ |", "|---|" + "---|" * 10]
+    lines = ["| point | sampler | acceptance | τ_int(\\|m\\|) | τ_int(m²) | τ_int(m) | ms / step | grads / step | "
+             "s / indep. sample (\\|m\\|) | grads / indep. sample | ⟨\\|m\\|⟩ | χ |", "|---|" + "---|" * 11]
+
+    def tau(r, name):  # an asterisk marks a tau_int from chains shorter than 50 tau_int
+        return format_value_error(*r["tau_int"][name]) + ("" if r["reliable"][name] else "*")
+
     for point, p in result["points"].items():
         for r in p.get("samplers", []):
             c = r["cost_per_independent_sample"]["abs_m"]
             lines.append(
-                f"| {point} | {r['sampler']} | {r['acceptance']:.3f} | {format_value_error(*r['tau_int']['abs_m'])} | "
-                f"{format_value_error(*r['tau_int']['chi'])} | {r['seconds_per_step'] * 1e3:.3f} | "
+                f"| {point} | {r['sampler']} | {r['acceptance']:.3f} | {tau(r, 'abs_m')} | "
+                f"{tau(r, 'chi')} | {tau(r, 'm')} | {r['seconds_per_step'] * 1e3:.3f} | "
                 f"{r['grad_evals_per_step']:g} | {c['seconds']:.2e} | {c['grad_evals']:.0f} | "
                 f"{format_value_error(*r['observables']['abs_m'])} | {format_value_error(*r['observables']['chi'])} |")
     return "\n".join(lines)
@@ -118,12 +138,12 @@ def markdown_table(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(1, 4, figsize=(21, 4.4))
-    scan = result.get("binder_scan", {})
+    scan = result.get("binder_scan", {}).get("auto", {})
     for L, rows in scan.items():
-        r = np.array(rows)
+        r = np.array(rows, dtype=float)
         ax[0].errorbar(r[:, 0], r[:, 1], r[:, 2], marker="o", capsize=2, label=f"L = {L}")
     if "kappa_c" in result:
-        kc, dk = result["kappa_c"]
+        kc, dk = result["kappa_c"][:2]
         ax[0].axvspan(kc - dk, kc + dk, color="k", alpha=0.15, label=f"κ_c = {format_value_error(kc, dk)}")
     ax[0].set(xlabel="κ", ylabel="Binder cumulant $U_4$", title=f"hopping φ⁴, λ = {LAM}")
     ax[0].legend()
@@ -177,9 +197,14 @@ def main() -> None:
     if not args.report:
         result["machine"] = machine()
         if "kappa" in stages:
-            result["binder_scan"] = binder_scan(seed=args.seed)
-            result["kappa_c"] = crossing(result["binder_scan"])
-            print(f"kappa_c = {format_value_error(*result['kappa_c'])}", flush=True)
+            result["binder_scan"] = scan = binder_scan(seed=args.seed)
+            k_auto, stat = crossing(scan["auto"])
+            k_half, _ = crossing(scan["half"])
+            syst = abs(k_auto - k_half)
+            # [value, total error, statistical, warm-up systematic]
+            result["kappa_c"] = [k_auto, float(np.hypot(stat, syst)), stat, syst]
+            print(f"kappa_c = {format_value_error(k_auto, result['kappa_c'][1])} (statistical {stat:.2g}, "
+                  f"warm-up systematic {syst:.2g}: half-chain cut gives {k_half:.5f})", flush=True)
             save()
         kappa_c = round(result["kappa_c"][0], 4)
         for point in points:

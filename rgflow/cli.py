@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml
+from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml, normalize_keys
 from rgflow.flows.couplings import BLOCK_KINDS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.physics.models import ACTION_PARAMS
@@ -28,6 +28,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _DeprecatedFlag(argparse.Action):
+    """Store like the flag it aliases, and say which name to use instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from rgflow.defaults import deprecated
+
+        deprecated(option_string, "--" + self.dest.replace("_", "-"))
+        setattr(namespace, self.dest, values)
 
 
 def _physics_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +56,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     flow.add_argument("--flow", choices=["mera", "tebd", "flat"], default=S, help="hierarchy (flat: tutorial baseline)")
     flow.add_argument("--block", choices=list(BLOCK_KINDS), default=S, help="block bijection")
     flow.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side b (even)")
-    flow.add_argument("--couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
+    flow.add_argument("--n-couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
+    flow.add_argument("--couplings", dest="n_couplings", type=int, default=S, action=_DeprecatedFlag,
+                      help="deprecated name of --n-couplings")
     flow.add_argument("--hidden", type=int, default=S, help="conditioner width")
     flow.add_argument("--layers", type=int, default=S, help="conditioner hidden layers")
     flow.add_argument("--repeats", type=int, default=S, help="disentangler/decimator pairs per level")
@@ -70,7 +82,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
     budget = p.add_argument_group("budget and bookkeeping")
     budget.add_argument("--steps", type=int, default=S, help="optimisation steps")
-    budget.add_argument("--minutes", type=float, default=S, help="wall-clock training budget (default 5 if no --steps)")
+    budget.add_argument("--minutes", type=float, default=S,
+                        help="wall-clock budget of the training loop: steps, evaluations and checkpoints "
+                             "(start-up excluded; default 5 if no --steps)")
     budget.add_argument("--seed", type=int, default=S)
     budget.add_argument("--eval-every", dest="eval_every", type=int, default=S)
     budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, help="checkpoint every K steps")
@@ -104,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--n", type=int, default=2000, help="recorded steps per chain")
     mc.add_argument("--chains", type=int, default=16)
     mc.add_argument("--warmup", type=int, default=200, help="unrecorded steps that tune the step size")
+    mc.add_argument("--discard", default="auto",
+                    help="recorded steps per chain dropped as thermalisation: an integer, or auto "
+                         "(10 tau_int, at most a quarter of the chain); reported as n_discarded")
+    mc.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory (hmc, latent-hmc)")
+    mc.add_argument("--step-size", dest="step_size", type=float, default=None,
+                    help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
+    mc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
@@ -130,16 +151,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data.update(json.loads(cfg_path.read_text()))
     if args.config:
         data.update(load_toml(args.config))
-    data.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
-    if "couplings" in data and not isinstance(data["couplings"], dict):
-        raise ValueError("couplings must be a table")
-    couplings = dict(data.pop("couplings", {}) or {})
-    for key in COUPLING_NAMES:
-        if key in data:
-            couplings[key] = data.pop(key)
+    data = normalize_keys(data, warn=not args.resume or bool(args.config))
+    flags = normalize_keys({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
+    params = {**data.pop("params"), **flags.pop("params")}
+    data.update(flags)
     if "steps" not in data and "minutes" not in data:
         data["minutes"] = 5.0
-    return TrainConfig.from_dict({**data, "couplings": couplings})
+    return TrainConfig.from_dict({**data, "params": params})
 
 
 def _format_eval(res: dict) -> str:
@@ -192,16 +210,18 @@ def _mcmc(args: argparse.Namespace) -> int:
     if args.run:
         if physics:
             raise ValueError(f"--{next(iter(physics))} cannot be combined with a run folder: the run fixes the physics")
-        cfg, flow, _ = load_run(args.run)
+        cfg, flow, _ = load_run(args.run, device=args.device)
         action, L = cfg.make_action(), cfg.L
     else:
         action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
         L = physics.get("L", 8)
         Layout(L)  # the same lattice sizes as everywhere else
     out = check_npz_path(args.out) if args.out else None
+    discard = _discard_argument(args.discard, args.n)
     res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow,
-                      keep_every=args.save_every if out is not None else 0, warmup=args.warmup)
-    summary = summarize(res, action, L)
+                      keep_every=args.save_every if out is not None else 0, warmup=args.warmup,
+                      n_leapfrog=args.leapfrog, step_size=args.step_size, device=args.device)
+    summary = summarize(res, action, L, discard=discard)
     if out is not None:
         save_chain(res, out, action, L)
         plot_autocorrelation(res, summary, out.with_suffix(".png"))
@@ -210,14 +230,31 @@ def _mcmc(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['sampler']} on {action.name} {action.params} L={L}: {summary['chains']} chains x {args.n} steps, "
           f"acceptance {summary['acceptance']:.3f}, {summary['seconds_per_step'] * 1e3:.3f} ms and "
-          f"{summary['grad_evals_per_step']:g} gradients per step")
+          f"{summary['grad_evals_per_step']:g} gradients per step"
+          + (f", {summary['divergences']} divergent trajectories rejected" if summary["divergences"] else ""))
+    print(f"  {summary['n_used']} of {summary['n_samples']} samples used ({summary['n_discarded']} per chain discarded "
+          "as thermalisation)" + ("" if summary["thermalized"] else
+                                  f"; WARNING: not thermalised (early vs late parts differ by "
+                                  f"{summary['thermalization_z']:.1f} sigma): run longer or raise --warmup"))
     print(f"  {'observable':<10} {'value':>16} {'tau_int':>12} {'s / indep. sample':>18}")
     for name, (v, e) in summary["observables"].items():
-        tau = summary["tau_int"].get(name)
-        cost = summary["cost_per_independent_sample"].get(name)
-        cost_s = f"{cost['seconds']:.2e}" if cost else ""
-        print(f"  {name:<10} {fmt(v, e):>16} {fmt(*tau) if tau else '':>12} {cost_s:>18}")
+        tau = summary["tau_int"][name]
+        cost = summary["cost_per_independent_sample"][name]["seconds"]
+        flag = "" if summary["reliable"][name] else "  unreliable: chains shorter than 50 tau_int"
+        print(f"  {name:<10} {fmt(v, e):>16} {fmt(*tau):>12} {cost:>18.2e}{flag}")
     return 0
+
+
+def _discard_argument(value: str, n: int) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= n - 4:
+        raise ValueError(f"--discard must be 'auto' or an integer in [0, n - 4] = [0, {n - 4}], got {value!r}")
+    return k
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
 """Training configuration: one dataclass, readable from TOML, dumped as JSON into every run folder.
 
 Every run is reproducible from its ``config.json``: ``TrainConfig.from_dict(json.load(...))``.
-Physics couplings use the names of the action formulas (``m2``, ``lam``, ``kappa``, ``t``, ``mu``,
-``T``, ``shift``); only those of the chosen action may be set.
+Physics couplings (the table ``params``) use the names of the action formulas (``m2``, ``lam``,
+``kappa``, ``t``, ``mu``, ``T``, ``shift``); only those of the chosen action may be set, and in a
+TOML file they may also stand at the top level (``lam = 6``), like the flags. Flow defaults come
+from :mod:`rgflow.defaults`, the same ones :func:`rgflow.flows.build_flow` uses.
+
+Renamed keys (read with a deprecation warning): ``couplings`` as the physics table is now
+``params``; ``couplings = K`` (a number) is ``n_couplings``.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from rgflow.defaults import FLOW_DEFAULTS, deprecated, spline_range
 from rgflow.flows.couplings import BLOCK_KINDS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.physics.models import ACTION_PARAMS, Action, make_action
@@ -22,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "COUPLING_NAMES", "load_toml"]
+__all__ = ["TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
 
 COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
 FLOW_KINDS = ("mera", "tebd", "flat")
@@ -35,20 +41,20 @@ class TrainConfig:
     # physics
     action: str = "phi4"
     L: int = 8
-    couplings: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
     # flow
     flow: str = "mera"
-    block: str = "spline"
-    block_size: int = 2
-    n_couplings: int = 4
-    hidden: int = 32
-    layers: int = 2
+    block: str = FLOW_DEFAULTS["block"]
+    block_size: int = FLOW_DEFAULTS["block_size"]
+    n_couplings: int = FLOW_DEFAULTS["n_couplings"]
+    hidden: int = FLOW_DEFAULTS["hidden"]
+    layers: int = FLOW_DEFAULTS["layers"]
     repeats: int = 1
     depth: int | None = None
     num_bins: int | None = None
     tail_bound: float | None = None
-    prior: str = "normal"
-    learn_level_scale: bool = True
+    prior: str = FLOW_DEFAULTS["prior"]
+    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
     symmetric: bool = False
     ode_method: str = "rk4"
     ode_steps: int = 8
@@ -75,14 +81,11 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self):
-        # The spline acts on [-tail_bound, tail_bound] and is the identity outside, so the
-        # interval must cover the field: |phi| < ~2 for phi^4-type actions, while the Ising
-        # relaxation's field sits near +-(c + 4 beta) ~ 3.6 at T_c with tails to ~7.
-        wide = self.action == "ising"
+        num_bins, tail_bound = spline_range(self.action)
         if self.tail_bound is None:
-            self.tail_bound = 10.0 if wide else 6.0
+            self.tail_bound = tail_bound
         if self.num_bins is None:
-            self.num_bins = 12 if wide else 8
+            self.num_bins = num_bins
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -124,9 +127,9 @@ class TrainConfig:
         positive("depth", allow_none=True)
         if self.steps is None and self.minutes is None:
             raise ValueError("a budget is required: set steps (--steps K) or minutes (--minutes M)")
-        if not isinstance(self.couplings, dict):
-            raise ValueError(f"couplings must be a table of {', '.join(COUPLING_NAMES)}, got {self.couplings!r}")
-        self.couplings = dict(self.make_action().params)  # validated, defaults resolved
+        if not isinstance(self.params, dict):
+            raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
+        self.params = dict(self.make_action().params)  # validated, defaults resolved
         if self.symmetric:
             allowed = ("affine", "spline", "ode") if self.symmetry == "z2" else ("ode",)
             if self.flow == "flat" or self.block not in allowed:
@@ -138,7 +141,7 @@ class TrainConfig:
         else:  # the layout validates L against the block size
             from rgflow.layout import Layout
 
-            Layout(self.L, block=self.block_size, kind=self.flow, depth=self.depth or (1 if self.flow == "tebd" else None),
+            Layout(self.L, block_size=self.block_size, kind=self.flow, depth=self.depth or (1 if self.flow == "tebd" else None),
                    repeats=self.repeats)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
@@ -151,27 +154,55 @@ class TrainConfig:
         return "u1" if ACTION_PARAMS[self.action][1] == 2 else "z2"
 
     def make_action(self) -> Action:
-        return make_action(self.action, **self.couplings)
+        return make_action(self.action, **self.params)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict, warn: bool = True) -> "TrainConfig":
+        """Build from a dict (TOML, flags, ``config.json``); see :func:`normalize_keys`."""
+        data = normalize_keys(data, warn)
         names = {f.name for f in fields(cls)}
-        data = dict(data)
-        couplings = dict(data.pop("couplings", {}) or {})
-        for key in COUPLING_NAMES:  # flat coupling keys (TOML, CLI) go into the couplings table
-            if key in data:
-                couplings[key] = data.pop(key)
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown config key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names | set(COUPLING_NAMES)))}")
-        return cls(**data, couplings=couplings)
+        return cls(**data)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def normalize_keys(data: dict, warn: bool = True) -> dict:
+    """Map old key names to current ones and gather flat physics couplings into ``params``.
+
+    ``couplings`` as a table is the old name of ``params`` and as a number that of
+    ``n_couplings`` (a deprecation warning is logged unless ``warn=False``, which loading run
+    folders written by older versions uses). Flat keys ``m2 = -4`` join the ``params`` table.
+    """
+    data = dict(data)
+    if "couplings" in data:
+        old = data.pop("couplings")
+        if isinstance(old, dict):
+            if warn:
+                deprecated("the physics table 'couplings'", "'params' (or flat keys such as lam = 6)")
+            data["params"] = {**old, **(data.get("params") or {})}
+        elif isinstance(old, int) and not isinstance(old, bool):
+            if warn:
+                deprecated("'couplings' for the number of coupling layers", "'n_couplings'")
+            data.setdefault("n_couplings", old)
+        else:
+            raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got couplings={old!r}")
+    params = data.pop("params", None) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {params!r}")
+    params = dict(params)
+    for key in COUPLING_NAMES:
+        if key in data:
+            params[key] = data.pop(key)
+    data["params"] = params
+    return data
 
 
 def load_toml(path: str | Path) -> dict:

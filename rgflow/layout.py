@@ -3,7 +3,8 @@ r"""The RG hierarchy: which sites each level touches and which become bulk laten
 One :class:`Layout` owns every index of the multiscale (MERA-like) network. The flow, the
 probes, the samplers and the demos read indices from it; nobody recomputes them.
 
-MERA layout (Li & Wang 2018; Hu et al. 2020), lattice ``L x L``, block ``b x b`` (``b`` even):
+MERA layout (Li & Wang 2018; Hu et al. 2020), lattice ``L x L``, blocks ``b x b``
+(``b = block_size``, even):
 
 * Level ``l = 0, 1, ...`` acts on the sublattice of spacing ``s = 2^l`` (side ``m = L / 2^l``).
   It applies a *disentangler* sublayer on ``b x b`` blocks of that sublattice shifted by
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rgflow.defaults import deprecated
+
 __all__ = ["Layout", "Sublayer"]
 
 
@@ -51,10 +54,11 @@ class Layout:
     """RG hierarchy of an ``L x L`` periodic lattice.
 
     Args:
-        L: lattice side, a positive multiple of ``block``. The number of levels
-            (:attr:`n_levels`) is how often ``L`` halves while staying a multiple of ``block``:
+        L: lattice side, a positive multiple of ``block_size``. The number of levels
+            (:attr:`n_levels`) is how often ``L`` halves while staying a multiple of ``block_size``:
             ``L = b 2^n`` gives ``n + 1`` levels and one top site for ``b = 2``.
-        block: block side ``b`` (even, >= 2). Default 2 (NeuralRG); RG-Flow uses 4.
+        block_size: block side ``b`` (even, >= 2). Default 2 (NeuralRG); RG-Flow uses 4.
+            (``block=`` is the deprecated name of this argument.)
         kind: ``"mera"`` (default) or ``"tebd"`` (no decimation).
         depth: MERA: at most this many levels (truncation; remaining sites are top latents).
             TEBD: the number of levels (required).
@@ -64,11 +68,16 @@ class Layout:
         ValueError: naming the bad argument and the allowed values.
     """
 
-    def __init__(self, L: int, block: int = 2, kind: str = "mera", depth: int | None = None, repeats: int = 1):
+    def __init__(self, L: int, block_size: int = 2, kind: str = "mera", depth: int | None = None, repeats: int = 1,
+                 *, block: int | None = None):
+        if block is not None:
+            deprecated("Layout(block=...)", "Layout(block_size=...)")
+            block_size = block
+        block = block_size
         if isinstance(block, bool) or not isinstance(block, int) or block < 2 or block % 2:
-            raise ValueError(f"block={block!r} is not allowed: block must be an even integer >= 2 (e.g. 2 or 4)")
+            raise ValueError(f"block_size={block!r} is not allowed: block_size must be an even integer >= 2 (e.g. 2 or 4)")
         if isinstance(L, bool) or not isinstance(L, int) or L < block or L % block:
-            raise ValueError(f"L={L!r} is not allowed for block={block}: allowed L = {_allowed_sizes(block)}")
+            raise ValueError(f"L={L!r} is not allowed for block_size={block}: allowed L = {_allowed_sizes(block)}")
         if kind not in ("mera", "tebd"):
             raise ValueError(f"kind={kind!r} is not allowed; allowed: 'mera', 'tebd'")
         if depth is not None and (not isinstance(depth, int) or depth < 1):
@@ -77,7 +86,7 @@ class Layout:
             raise ValueError("depth is required for kind='tebd' (the number of levels), e.g. depth=4")
         if not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats={repeats!r} is not allowed: repeats must be a positive integer")
-        self.L, self.block, self.kind, self.repeats = L, block, kind, repeats
+        self.L, self.block_size, self.kind, self.repeats = L, block, kind, repeats
         self.V = L * L
 
         spacings = []
@@ -114,7 +123,7 @@ class Layout:
 
     def _block_index(self, spacing: int, offset: int) -> torch.Tensor:
         """``[n_blocks, b*b]`` flat indices of ``b x b`` blocks on the sublattice of ``spacing``."""
-        m, b = self.L // spacing, self.block
+        m, b = self.L // spacing, self.block_size
         corners = (torch.arange(0, m, b) + offset) % m  # sublattice coordinates
         local = torch.arange(b)
         rows = (corners[:, None, None, None] + local[None, None, :, None]) % m  # [nb1, 1, b, 1]
@@ -129,9 +138,15 @@ class Layout:
         return tuple(len(ix) for ix in self.level_sites)
 
     @property
-    def block_size(self) -> int:
+    def block_sites(self) -> int:
         """Sites per block, ``b * b``."""
-        return self.block * self.block
+        return self.block_size * self.block_size
+
+    @property
+    def block(self) -> int:
+        """Deprecated name of :attr:`block_size` (the block side ``b``)."""
+        deprecated("Layout.block", "Layout.block_size")
+        return self.block_size
 
     @property
     def translation_period(self) -> int:
@@ -143,13 +158,13 @@ class Layout:
         ``b`` for TEBD.
         """
         if self.kind == "tebd" or self.n_levels == 0:
-            return self.block if self.kind == "tebd" else 1
+            return self.block_size if self.kind == "tebd" else 1
         top_spacing = 2**self.n_levels
-        return max(self.block * 2 ** (self.n_levels - 1), top_spacing)
+        return max(self.block_size * 2 ** (self.n_levels - 1), top_spacing)
 
     def decimator_kept(self) -> torch.Tensor:
         """Block-local positions (``[ (b/2)^2 ]``) of the sites that move on after a decimator."""
-        local = torch.arange(self.block_size).reshape(self.block, self.block)
+        local = torch.arange(self.block_sites).reshape(self.block_size, self.block_size)
         return local[::2, ::2].flatten()
 
     def bulk_coordinates(self) -> torch.Tensor:
@@ -183,6 +198,6 @@ class Layout:
 
     def __repr__(self) -> str:
         return (
-            f"Layout(L={self.L}, block={self.block}, kind={self.kind!r}, n_levels={self.n_levels}, "
+            f"Layout(L={self.L}, block_size={self.block_size}, kind={self.kind!r}, n_levels={self.n_levels}, "
             f"repeats={self.repeats}, n_latents={self.n_latents})"
         )

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from rgflow.config import TrainConfig  # noqa: E402
 from rgflow.mcmc.hmc import hmc  # noqa: E402
-from rgflow.physics.observables import chain_observables  # noqa: E402
+from rgflow.mcmc.run import summarize  # noqa: E402
 from rgflow.stats import format_value_error as fmt  # noqa: E402
 from rgflow.train import evaluate, load_run, train  # noqa: E402
 
@@ -28,7 +28,7 @@ __all__ = ["DEMO_CONFIG", "run_demo", "next_run_dir", "read_metrics", "plot_run"
 log = logging.getLogger("rgflow")
 
 #: The demo: phi^4 at the tutorial point (m2 = -4, lam = 8) on 8x8 with rgflow's default flow.
-DEMO_CONFIG = {"action": "phi4", "L": 8, "couplings": {"m2": -4.0, "lam": 8.0}}
+DEMO_CONFIG = {"action": "phi4", "L": 8, "params": {"m2": -4.0, "lam": 8.0}}
 
 
 def next_run_dir(root: str | Path = "runs", stem: str = "demo") -> Path:
@@ -52,17 +52,7 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 def hmc_reference(action, L: int, n: int = 2000, chains: int = 16, seed: int = 0) -> dict:
     """Observables of ``action`` from HMC (tau_int-corrected errors) as a JSON-ready dict."""
     res = hmc(action, L, n, chains=chains, seed=seed)
-    est, taus = chain_observables(res.series, L)
-    return {
-        "sampler": "hmc",
-        "n_samples": n * chains,
-        "acceptance": res.acceptance,
-        "step_size": res.step_size,
-        "grad_evals_per_step": res.grad_evals_per_step,
-        "seconds": res.seconds,
-        "observables": {k: v.to_list() for k, v in est.items()},
-        "tau_int": {k: v.to_list() for k, v in taus.items()},
-    }
+    return {**summarize(res, action, L), "seconds": res.seconds}
 
 
 def plot_run(run_dir: Path, flow, evaluation: dict, reference: dict, path: Path) -> None:
@@ -142,7 +132,7 @@ def run_demo(out: str | Path | None = None, minutes: float = 4.0, seed: int = 0,
     """Train the demo config for ``minutes``, evaluate it, and write the report into the run folder."""
     run_dir = Path(out) if out is not None else next_run_dir()
     cfg = TrainConfig(**DEMO_CONFIG, minutes=minutes, seed=seed)
-    log.info("training %s %s on %dx%d for %.1f min -> %s", cfg.action, cfg.couplings, cfg.L, cfg.L, minutes, run_dir)
+    log.info("training %s %s on %dx%d for %.1f min -> %s", cfg.action, cfg.params, cfg.L, cfg.L, minutes, run_dir)
     summary = train(cfg, run_dir)
     cfg, flow, _ = load_run(run_dir)
     action = cfg.make_action()

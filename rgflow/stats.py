@@ -4,8 +4,11 @@ r"""Statistics as records: every Monte Carlo estimate carries its error (and, fo
   printed in the compact form ``0.6229(46)``.
 * :func:`jackknife` -- binned jackknife for derived quantities ``f(<a>, <b>, ...)`` of
   (optionally importance-weighted) primary observables.
-* :func:`tau_int` -- integrated autocorrelation time with Madras-Sokal / Wolff automatic
-  windowing, ``tau = 1/2 + sum_{t=1}^W rho(t)`` with the smallest ``W >= c tau(W)``.
+* :func:`gamma_method` -- Wolff's Gamma-method (UWerr) for Markov chains: autocovariances
+  pooled over all chains around the global mean, automatic window with the parameter ``S``,
+  bias-corrected ``tau_int`` with its error, derived quantities by linearised error propagation,
+  and a ``reliable`` flag for chains too short to resolve ``tau_int`` (see :class:`GammaResult`).
+* :func:`tau_int` -- the Gamma-method's ``tau_int`` of one series (or several chains).
 * :func:`log_mean_exp`, :func:`effective_sample_size` -- importance-weight summaries.
 * :func:`pareto_khat` -- reliability of importance weights: the shape ``k`` of a generalised
   Pareto fit to the largest weights (Vehtari et al., *Pareto smoothed importance sampling*).
@@ -21,13 +24,15 @@ from typing import Callable, Mapping
 import numpy as np
 
 __all__ = [
-    "Estimate", "format_value_error", "jackknife", "tau_int", "autocorrelation", "log_mean_exp", "effective_sample_size",
-    "pareto_khat",
-    "KHAT_RELIABLE",
+    "Estimate", "GammaResult", "format_value_error", "jackknife", "gamma_method", "tau_int", "autocorrelation",
+    "log_mean_exp", "effective_sample_size", "pareto_khat", "KHAT_RELIABLE", "MIN_LENGTH_IN_TAU",
 ]
 
 #: Above this Pareto shape importance-sampling estimates are unreliable (Vehtari et al. 2024).
 KHAT_RELIABLE = 0.7
+#: A chain shorter than this many ``tau_int`` cannot resolve its own autocorrelation: such
+#: estimates are flagged ``reliable=False`` (Wolff 2004 asks for ``N >> tau``; we use 50 tau).
+MIN_LENGTH_IN_TAU = 50.0
 
 
 def format_value_error(mean: float, error: float, digits: int = 2) -> str:
@@ -48,13 +53,18 @@ def format_value_error(mean: float, error: float, digits: int = 2) -> str:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A Monte Carlo estimate: ``mean +- error``; ``tau_int`` in units of samples when known."""
+    """A Monte Carlo estimate: ``mean +- error``; ``tau_int`` in units of samples when known.
+
+    ``reliable`` is False when the chains were too short to resolve ``tau_int`` (then the error
+    may be underestimated, see :func:`gamma_method`).
+    """
 
     mean: float
     error: float
     n: int = 0
     tau_int: float | None = None
     tau_int_error: float | None = None
+    reliable: bool = True
 
     def __str__(self) -> str:
         return format_value_error(self.mean, self.error)
@@ -117,37 +127,141 @@ def jackknife(
 
 
 def autocorrelation(x: np.ndarray) -> np.ndarray:
-    """Normalised autocorrelation ``rho(t)``, ``t = 0..N-1`` (FFT, zero-padded)."""
-    x = np.asarray(x, np.float64) - np.mean(x)
-    n = len(x)
-    f = np.fft.rfft(x, 2 * n)
-    acf = np.fft.irfft(f * np.conj(f))[:n] / np.arange(n, 0, -1)
-    return acf / acf[0] if acf[0] > 0 else np.zeros(n)
+    """Normalised autocorrelation ``rho(t)``, ``t = 0..n-1`` of one series or of several chains
+    ``[R, n]`` (pooled around the global mean, as in :func:`gamma_method`)."""
+    gamma = _pooled_autocovariance(np.atleast_2d(np.asarray(x, np.float64)), None)
+    return gamma / gamma[0] if gamma[0] > 0 else np.zeros_like(gamma)
 
 
-def tau_int(x: np.ndarray, c: float = 6.0) -> tuple[float, float, np.ndarray]:
-    r"""Integrated autocorrelation time with automatic windowing (Madras & Sokal 1988).
+def _pooled_autocovariance(deltas: np.ndarray, w_max: int | None) -> np.ndarray:
+    r"""``Gamma(t) = sum_r sum_i d_{r,i} d_{r,i+t} / sum_r (n - t)`` for ``t < w_max`` (FFT per chain)."""
+    R, n = deltas.shape
+    w_max = n if w_max is None else min(w_max, n)
+    pad = 2 * n
+    power = np.abs(np.fft.rfft(deltas, pad, axis=1)) ** 2
+    gamma = np.fft.irfft(power, pad, axis=1)[:, :w_max].sum(0)
+    return gamma / (R * (n - np.arange(w_max)))
 
-    ``tau(W) = 1/2 + sum_{t=1}^{W} rho(t)``; ``W`` is the smallest window with ``W >= c tau(W)``.
-    Error ``sigma_tau = tau sqrt(2 (2W + 1) / N)``. With this convention ``tau = 1/2`` for
-    independent samples and the error of the mean is ``sqrt(2 tau var / N)``.
 
-    Returns:
-        ``(tau, tau_error, rho)`` with ``rho`` the autocorrelation up to ``W``.
+@dataclass(frozen=True)
+class GammaResult:
+    """Outcome of :func:`gamma_method` for one (primary or derived) quantity.
+
+    ``value`` is ``F`` at the global means; ``error = sqrt(2 tau_int Gamma(0) / N)``;
+    ``tau_int`` (bias-corrected) and ``tau_int_error`` in chain steps; ``window`` the summation
+    window ``W``; ``n`` all samples, ``n_per_chain`` their length; ``reliable`` is False when the
+    window search hit its limit or ``n_per_chain < MIN_LENGTH_IN_TAU * tau_int``; ``rho`` the
+    normalised autocorrelation up to the window.
     """
-    x = np.asarray(x, np.float64)
-    n = len(x)
+
+    value: float
+    error: float
+    tau_int: float
+    tau_int_error: float
+    window: int
+    n: int
+    n_per_chain: int
+    reliable: bool
+    rho: np.ndarray
+
+    def estimate(self) -> Estimate:
+        return Estimate(self.value, self.error, self.n, self.tau_int, self.tau_int_error, self.reliable)
+
+
+def _derivatives(f: Callable[[Mapping[str, float]], float], means: dict, steps: dict) -> dict:
+    """Central finite differences of ``f`` at ``means`` with per-primary ``steps``."""
+    grad = {}
+    for k, h in steps.items():
+        if h == 0:
+            grad[k] = 0.0
+            continue
+        up, down = dict(means), dict(means)
+        up[k], down[k] = means[k] + h, means[k] - h
+        grad[k] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
+def gamma_method(
+    primaries: Mapping[str, np.ndarray] | np.ndarray,
+    derived: Callable[[Mapping[str, float]], float] | None = None,
+    S: float = 2.0,
+) -> GammaResult:
+    r"""Wolff's Gamma-method (U. Wolff, Comput. Phys. Commun. 156, 143 (2004); UWerr).
+
+    Args:
+        primaries: name -> chains ``[R, n]`` (or ``[n]``, one chain) of primary observables, or a
+            single array (then ``derived`` must be None: the quantity is its mean).
+        derived: ``F({name: mean})``; default: the mean of the only primary. Its error follows
+            by linearised propagation: the chains are projected on ``dF/da_alpha`` (central
+            differences with steps ``sqrt(Gamma_aa(0) / N) / 4``) before the analysis.
+        S: Wolff's window parameter, ``tau / tau_int`` assumed for the slowest mode (default 2).
+
+    With ``delta_{r,i} = sum_alpha dF/da_alpha (a_alpha(r, i) - abar_alpha)`` around the
+    **global** means (pooled over chains, so slow modes that differ between short chains count),
+    ``Gamma(t) = sum_{r,i} delta_{r,i} delta_{r,i+t} / sum_r (n - t)``,
+    ``tau(W) = 1/2 + sum_{t=1}^W Gamma(t)/Gamma(0)``; ``W`` is the first window with
+    ``exp(-W/tau_W) - tau_W / sqrt(W N) < 0``, ``tau_W = S / ln((2 tau(W) + 1)/(2 tau(W) - 1))``.
+    Then ``tau_int = tau(W) (1 + (2W + 1)/N) / (1 + 1/N)`` (bias correction, Wolff eq. 49),
+    ``error = sqrt(2 tau_int Gamma(0) (1 + 1/N) / N)`` and
+    ``tau_int_error = 2 tau(W) sqrt((W + 1/2 - tau(W)) / N)`` (eq. 42).
+    """
+    if isinstance(primaries, np.ndarray) or not isinstance(primaries, Mapping):
+        if derived is not None:
+            raise ValueError("derived needs primaries given as a mapping name -> chains")
+        primaries = {"x": primaries}
+        derived = _the_mean("x")
+    elif derived is None:
+        if len(primaries) != 1:
+            raise ValueError("derived is required when there is more than one primary")
+        derived = _the_mean(next(iter(primaries)))
+    data = {k: np.atleast_2d(np.asarray(v, np.float64)) for k, v in primaries.items()}
+    shapes = {v.shape for v in data.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"all primaries must have the same shape [chains, n], got {sorted(shapes)}")
+    R, n = shapes.pop()
+    N = R * n
     if n < 4:
-        raise ValueError(f"tau_int needs at least 4 samples, got {n}")
-    rho = autocorrelation(x)
-    if not np.any(rho):
-        return 0.5, 0.0, rho[:1]
-    taus = 0.5 + np.cumsum(rho[1:])
-    windows = np.arange(1, n)
-    ok = np.nonzero(windows >= c * taus)[0]
-    W = int(windows[ok[0]]) if len(ok) else n - 1
-    tau = float(max(taus[W - 1], 0.5))
-    return tau, tau * math.sqrt(2 * (2 * W + 1) / n), rho[: W + 1]
+        raise ValueError(f"the Gamma-method needs chains of at least 4 samples, got {n}")
+    means = {k: float(v.mean()) for k, v in data.items()}
+    steps = {k: math.sqrt(float(((v - means[k]) ** 2).mean()) / N) / 4 for k, v in data.items()}
+    value = float(derived(means))
+    grad = _derivatives(derived, means, steps)
+    if not math.isfinite(value) or not all(math.isfinite(g) for g in grad.values()):
+        return GammaResult(value, math.nan, math.nan, math.nan, 0, N, n, False, np.ones(1))
+    deltas = sum(g * (data[k] - means[k]) for k, g in grad.items() if g != 0)
+    if isinstance(deltas, int) or not np.any(deltas):  # F does not depend on the data
+        return GammaResult(value, 0.0, 0.5, 0.0, 0, N, n, True, np.ones(1))
+    w_max = max(n // 2, 2)
+    gamma = _pooled_autocovariance(deltas, w_max)
+    if gamma[0] <= 0:
+        return GammaResult(value, 0.0, 0.5, 0.0, 0, N, n, True, np.ones(1))
+    rho = gamma / gamma[0]
+    taus = np.maximum(0.5 + np.cumsum(np.concatenate(([0.0], rho[1:]))), 0.5 + np.finfo(float).eps)
+    W_all = np.arange(1, w_max)
+    tau_w = S / np.log((2 * taus[1:] + 1) / (2 * taus[1:] - 1))
+    g_w = np.exp(-W_all / tau_w) - tau_w / np.sqrt(W_all * N)
+    below = np.nonzero(g_w < 0)[0]
+    found = len(below) > 0
+    W = int(W_all[below[0]]) if found else w_max - 1
+    tau_raw = float(taus[W])
+    tau = tau_raw * (1 + (2 * W + 1) / N) / (1 + 1 / N)
+    dtau = 2 * tau_raw * math.sqrt(max(W + 0.5 - tau_raw, 0.0) / N)
+    error = math.sqrt(2 * tau * gamma[0] * (1 + 1 / N) / N)
+    reliable = found and n >= MIN_LENGTH_IN_TAU * tau
+    return GammaResult(value, error, tau, dtau, W, N, n, bool(reliable), rho[: W + 1])
+
+
+def _the_mean(name: str) -> Callable[[Mapping[str, float]], float]:
+    return lambda a: a[name]
+
+
+def tau_int(x: np.ndarray, S: float = 2.0) -> tuple[float, float, np.ndarray]:
+    r"""``(tau_int, its error, rho up to the window)`` of one series ``[n]`` or chains ``[R, n]``
+    by :func:`gamma_method`. ``tau = 1/2`` for independent samples; the error of the mean is
+    ``sqrt(2 tau var / N)``.
+    """
+    res = gamma_method(np.asarray(x, np.float64), S=S)
+    return res.tau_int, res.tau_int_error, res.rho
 
 
 def _gpd_shape(y: np.ndarray, prior_n: float = 10.0) -> float:

@@ -10,7 +10,7 @@ from rgflow.cli import main
 from rgflow.config import TrainConfig
 from rgflow.physics import free_field_lnZ, ising_lnZ_exact, phi4_action
 
-TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--couplings", "2", "--batch-size", "8"]
+TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--n-couplings", "2", "--batch-size", "8"]
 
 
 @pytest.fixture
@@ -23,9 +23,9 @@ def run(tmp_path_factory):
 
 CLI_CASES = [
     ("unknown action", ["train", "--action", "phi5", "--out", "X"], "invalid choice: 'phi5'"),
-    ("L not a block multiple", ["train", "--L", "7", "--steps", "2", "--out", "X"], "L=7 is not allowed for block=2"),
+    ("L not a block multiple", ["train", "--L", "7", "--steps", "2", "--out", "X"], "L=7 is not allowed for block_size=2"),
     ("L smaller than block", ["train", "--L", "2", "--block-size", "4", "--steps", "2", "--out", "X"], "L=2 is not allowed"),
-    ("odd block size", ["train", "--block-size", "3", "--steps", "2", "--out", "X"], "block=3 is not allowed"),
+    ("odd block size", ["train", "--block-size", "3", "--steps", "2", "--out", "X"], "block_size=3 is not allowed"),
     ("negative steps", ["train", "--steps", "-5", "--out", "X"], "steps=-5 is not allowed"),
     ("negative minutes", ["train", "--minutes", "-1", "--out", "X"], "minutes=-1.0 is not allowed"),
     ("NaN minutes", ["train", "--minutes", "nan", "--out", "X"], "minutes=nan is not allowed"),
@@ -110,7 +110,7 @@ def test_cli_bad_run_folders(run, tmp_path, capsys):
 
 
 API_CASES = [
-    ("layout L", lambda: Layout(12, block=8), "L=12 is not allowed for block=8"),
+    ("layout L", lambda: Layout(12, block_size=8), "L=12 is not allowed for block_size=8"),
     ("layout kind", lambda: Layout(8, kind="peps"), "kind='peps' is not allowed"),
     ("field wrong rank", lambda: build_flow(Layout(4)).log_prob(torch.zeros(4, 4)), "x must have shape [B, C, L, L]"),
     ("field wrong size", lambda: build_flow(Layout(4)).log_prob(torch.zeros(2, 1, 8, 8)), "x must have lattice side L=4"),

@@ -9,7 +9,7 @@ import torch
 
 from rgflow.cli import main
 
-TINY = ["--L", "4", "--hidden", "8", "--couplings", "2", "--batch-size", "16", "--eval-every", "5", "--ckpt-every", "5"]
+TINY = ["--L", "4", "--hidden", "8", "--n-couplings", "2", "--batch-size", "16", "--eval-every", "5", "--ckpt-every", "5"]
 
 
 def _run(args, capsys):
@@ -25,7 +25,7 @@ def test_train_eval_sample_resume(tmp_path, capsys):
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
         assert (run / name).is_file()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["couplings"] == {"m2": -4.0, "lam": 8.0} and cfg["steps"] == 10
+    assert cfg["params"] == {"m2": -4.0, "lam": 8.0} and cfg["steps"] == 10
 
     code, out, err = _run(["eval", str(run), "--samples", "256", "--json"], capsys)
     assert code == 0, err
@@ -70,7 +70,7 @@ def test_toml_config_and_flag_override(tmp_path, capsys):
     code, out, err = _run(["train", "--config", str(toml), "--T", "2.5", "--out", str(tmp_path / "r"), "--dry-run"], capsys)
     assert code == 0, err
     cfg = json.loads(out)
-    assert cfg["action"] == "ising" and cfg["couplings"]["T"] == 2.5 and cfg["hidden"] == 8 and cfg["steps"] == 4
+    assert cfg["action"] == "ising" and cfg["params"]["T"] == 2.5 and cfg["hidden"] == 8 and cfg["steps"] == 4
     assert not (tmp_path / "r").exists()
 
 
@@ -92,7 +92,7 @@ def test_console_script_subprocess(tmp_path):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert "L=6 is not allowed for block=4" in proc.stderr
+    assert "L=6 is not allowed for block_size=4" in proc.stderr
 
 
 def test_demo_writes_report(tmp_path, capsys):

@@ -9,7 +9,7 @@ from rgflow.layout import Layout
     [(8, 2, (48, 12, 3, 1)), (16, 2, (192, 48, 12, 3, 1)), (16, 4, (192, 48, 12, 4)), (12, 2, (108, 27, 9))],
 )
 def test_level_counts(L, block, counts):
-    layout = Layout(L, block=block)
+    layout = Layout(L, block_size=block)
     assert layout.n_latents == counts
     assert sum(counts) == L * L
 
@@ -32,7 +32,7 @@ def test_every_sublayer_covers_its_sublattice_once(args):
 
 
 def test_latents_cover_every_site_once_and_levels_match_sublayers():
-    layout = Layout(16, block=4)
+    layout = Layout(16, block_size=4)
     all_sites = torch.cat(layout.level_sites)
     assert sorted(all_sites.tolist()) == list(range(256))
     for sub in layout.sublayers:
@@ -75,11 +75,11 @@ def test_tebd_has_no_decimation():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(L=7), "L=7 is not allowed for block=2"),
-        (dict(L=2, block=4), "L=2 is not allowed for block=4"),
+        (dict(L=7), "L=7 is not allowed for block_size=2"),
+        (dict(L=2, block=4), "L=2 is not allowed for block_size=4"),
         (dict(L=0), "L=0"),
         (dict(L=8.0), "L=8.0"),
-        (dict(L=8, block=3), "block=3"),
+        (dict(L=8, block=3), "block_size=3"),
         (dict(L=8, kind="peps"), "kind='peps'"),
         (dict(L=8, kind="tebd"), "depth is required"),
         (dict(L=8, depth=0), "depth=0"),

@@ -29,6 +29,8 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 from torch import nn
 
+from rgflow.defaults import deprecated, spline_range
+
 __all__ = [
     "ConditionerMLP", "Z2Conditioner", "AffineCoupling", "SplineCoupling", "OddSplineCoupling",
     "spline_coupling", "block_masks",
@@ -212,44 +214,54 @@ def block_masks(block: int, channels: int, n: int) -> list[torch.Tensor]:
 
 def make_block(
     kind: str,
-    block: int,
+    block_size: int,
     channels: int = 1,
-    couplings: int = 4,
+    n_couplings: int = 4,
     hidden: int = 32,
     layers: int = 2,
-    num_bins: int = 8,
-    tail_bound: float = 4.0,
+    num_bins: int | None = None,
+    tail_bound: float | None = None,
     symmetry: str | None = None,
     ode_method: str = "rk4",
     ode_steps: int = 8,
+    *,
+    couplings: int | None = None,
 ) -> CompositeTransform:
-    """A block bijection on ``[N, channels * block^2]``.
+    """A block bijection on ``[N, channels * block_size^2]``.
 
     Args:
         kind: ``"affine"``, ``"spline"`` or ``"ode"``.
-        block: block side ``b``; channels: field components ``C``.
-        couplings: number of coupling layers (masks alternate, see :func:`block_masks`); for
-            ``"ode"`` the number of stacked ODE blocks.
+        block_size: block side ``b``; channels: field components ``C``.
+        n_couplings: number of coupling layers (masks alternate, see :func:`block_masks`); for
+            ``"ode"`` the number of stacked ODE blocks. (``couplings=`` is its deprecated name.)
         hidden, layers: conditioner / velocity MLP width and depth.
-        num_bins, tail_bound: spline parameters (``kind="spline"``).
+        num_bins, tail_bound: spline parameters (``kind="spline"``; default
+            :func:`rgflow.defaults.spline_range`, 8 bins on ``[-6, 6]``).
         symmetry: ``None``, ``"z2"`` (odd block: affine, spline or ode) or ``"u1"`` (ode, two channels).
         ode_method, ode_steps: solver of ``kind="ode"`` (see :class:`rgflow.flows.ode.ODEBlock`).
     """
     from rgflow.flows.ode import ODEBlock
 
+    if couplings is not None:
+        deprecated("make_block(couplings=...)", "make_block(n_couplings=...)")
+        n_couplings = couplings
+    default_bins, default_bound = spline_range()
+    num_bins = default_bins if num_bins is None else num_bins
+    tail_bound = default_bound if tail_bound is None else tail_bound
+    block = block_size
     if kind not in BLOCK_KINDS:
         raise ValueError(f"block kind {kind!r} is not allowed; allowed: {', '.join(BLOCK_KINDS)}")
-    if couplings < 1:
-        raise ValueError(f"couplings must be >= 1, got {couplings}")
+    if n_couplings < 1:
+        raise ValueError(f"n_couplings must be >= 1, got {n_couplings}")
     allowed = {"affine": (None, "z2"), "spline": (None, "z2"), "ode": (None, "z2", "u1")}[kind]
     if symmetry not in allowed:
         raise ValueError(f"symmetry={symmetry!r} is not available for block kind {kind!r}; allowed: {allowed}")
     features = channels * block * block
     if kind == "ode":
         return CompositeTransform([ODEBlock(features, hidden, layers, ode_method, ode_steps, symmetry=symmetry)
-                                   for _ in range(couplings)])
+                                   for _ in range(n_couplings)])
     layers_ = []
-    for mask in block_masks(block, channels, couplings):
+    for mask in block_masks(block, channels, n_couplings):
         if kind == "affine":
             n_shift = int(mask.sum())
 

@@ -14,6 +14,7 @@ import torch
 from nflows.transforms.base import Transform
 from torch import nn
 
+from rgflow.defaults import FLOW_DEFAULTS, deprecated
 from rgflow.flows.base import BlockSublayer
 from rgflow.flows.couplings import make_block
 from rgflow.flows.priors import Prior
@@ -93,23 +94,35 @@ class RGFlow(FieldFlow):
 def build_flow(
     layout: Layout,
     channels: int = 1,
-    block: str = "affine",
-    couplings: int = 4,
-    hidden: int = 32,
-    layers: int = 2,
-    prior: str = "normal",
-    learn_level_scale: bool = False,
+    block: str = FLOW_DEFAULTS["block"],
+    n_couplings: int = FLOW_DEFAULTS["n_couplings"],
+    hidden: int = FLOW_DEFAULTS["hidden"],
+    layers: int = FLOW_DEFAULTS["layers"],
+    prior: str = FLOW_DEFAULTS["prior"],
+    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"],
+    *,
+    couplings: int | None = None,
     **block_kwargs,
 ) -> RGFlow:
     """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer).
 
+    The defaults are :data:`rgflow.defaults.FLOW_DEFAULTS`, the same as ``rgflow train``'s: rational-
+    quadratic spline blocks (``num_bins``/``tail_bound`` from :func:`rgflow.defaults.spline_range`;
+    pass ``num_bins=12, tail_bound=10`` for the Ising relaxation as the CLI does), 4 couplings per
+    block, width 32, learned per-level prior scales. ``block_kwargs`` go to
+    :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``symmetry``, ODE options).
+
     With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
+    if couplings is not None:
+        deprecated("build_flow(couplings=...)", "build_flow(n_couplings=...)")
+        n_couplings = couplings
     u1 = block_kwargs.get("symmetry") == "u1"
     if u1 and prior != "normal":
         raise ValueError(f"prior={prior!r} is not allowed with symmetry='u1' (not rotation invariant); allowed: 'normal'")
     blocks = [
-        make_block(block, layout.block, channels, couplings, hidden, layers, **block_kwargs) for _ in layout.sublayers
+        make_block(block, layout.block_size, channels, n_couplings, hidden, layers, **block_kwargs)
+        for _ in layout.sublayers
     ]
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1))

@@ -58,7 +58,7 @@ class ChainResult:
     Costs are totals per chain over the recorded steps (warm-up excluded): ``grad_evals``
     (gradients of the action or of the latent effective action), ``action_evals`` (action
     evaluations, a sweep of local updates counts as one), ``seconds`` (wall time for all chains
-    together). ``configs``: every ``keep_every``-th field configuration, ``[chains, n_kept, C, L, L]``
+    together), ``divergences`` (rejected divergent HMC trajectories, summed over chains). ``configs``: every ``keep_every``-th field configuration, ``[chains, n_kept, C, L, L]``
     (None when none were kept).
     """
 
@@ -71,6 +71,7 @@ class ChainResult:
     grad_evals: int = 0
     action_evals: int = 0
     step_size: float | None = None
+    divergences: int = 0
     configs: torch.Tensor | None = field(default=None, repr=False)
     keep_every: int = 0
 

@@ -33,7 +33,7 @@ def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: 
 
     def s_eff(z):
         x, logdet = flow.inverse(z)
-        return action(x) - logdet, x
+        return action.evaluate(x) - logdet, x
 
     z = flow.prior.sample(chains, generator=gen)
     U, x = s_eff(z)

@@ -23,8 +23,8 @@ def _site_energy(phi, h, a, b, c):
 
 
 def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, warmup: int = 200, width: float = 1.0,
-                     target_acceptance: float = 0.5, dtype=torch.float64, keep_every: int = 0,
-                     progress: bool = False) -> ChainResult:
+                     target_acceptance: float = 0.5, dtype=torch.float64, device: str = "cpu",
+                     keep_every: int = 0, progress: bool = False) -> ChainResult:
     """Checkerboard Metropolis chains on ``exp(-S)``; records primaries after every sweep and keeps
     every ``keep_every``-th configuration."""
     form = action.local_form()
@@ -33,9 +33,9 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
     if L % 2:
         raise ValueError(f"sampler 'local' needs an even L for the checkerboard, got L={L}")
     a, b, c = form
-    gen = torch.Generator().manual_seed(seed)
-    phi = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, generator=gen)
-    x, y = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    phi = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, device=device, generator=gen)
+    x, y = torch.meshgrid(torch.arange(L, device=device), torch.arange(L, device=device), indexing="ij")
     colours = [((x + y) % 2 == k) for k in (0, 1)]
     recorder = SeriesRecorder(keep_every)
     accepted = 0.0
@@ -45,9 +45,9 @@ def local_metropolis(action, L: int, n: int, chains: int = 16, seed: int = 0, wa
         rate = 0.0
         for mask in colours:
             h = sum(torch.roll(phi, s, d) for s in (1, -1) for d in (-2, -1))
-            new = phi + width * torch.randn(phi.shape, dtype=dtype, generator=gen)
+            new = phi + width * torch.randn(phi.shape, dtype=dtype, device=device, generator=gen)
             dS = _site_energy(new, h, a, b, c) - _site_energy(phi, h, a, b, c)
-            acc = mask & (torch.rand(dS.shape, dtype=dtype, generator=gen) < torch.exp(-dS))
+            acc = mask & (torch.rand(dS.shape, dtype=dtype, device=device, generator=gen) < torch.exp(-dS))
             phi = torch.where(acc[:, None], new, phi)
             rate += float(acc.sum()) / (float(mask.sum()) * chains) / 2
         if it < warmup:

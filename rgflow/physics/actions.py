@@ -55,7 +55,7 @@ def _neighbour_sum(phi: torch.Tensor) -> torch.Tensor:
     return sum((phi * torch.roll(phi, -1, d)).sum(dim=(1, 2, 3)) for d in _DIMS)
 
 
-def free_action(phi: torch.Tensor, m2: float) -> torch.Tensor:
+def free_action(phi: torch.Tensor, m2: float, check: bool = True) -> torch.Tensor:
     r"""Gaussian free field ``S = sum_x [1/2 sum_mu (phi(x+mu) - phi(x))^2 + 1/2 m2 phi(x)^2]``.
 
     Args:
@@ -65,12 +65,13 @@ def free_action(phi: torch.Tensor, m2: float) -> torch.Tensor:
     Returns:
         ``[B]``.
     """
-    check_field(phi)
+    if check:  # validation at the API boundary; hot loops pass check=False
+        check_field(phi)
     grad2 = sum(((torch.roll(phi, -1, d) - phi) ** 2).sum(dim=(1, 2, 3)) for d in _DIMS)
     return 0.5 * grad2 + 0.5 * m2 * (phi**2).sum(dim=(1, 2, 3))
 
 
-def phi4_action(phi: torch.Tensor, m2: float, lam: float) -> torch.Tensor:
+def phi4_action(phi: torch.Tensor, m2: float, lam: float, check: bool = True) -> torch.Tensor:
     r"""Real phi^4, standard convention (Albergo, Kanwar & Shanahan 2019):
 
     ``S = sum_x [ sum_mu phi(x)(2 phi(x) - phi(x+mu) - phi(x-mu)) + m2 phi(x)^2 + lam phi(x)^4 ]``,
@@ -83,13 +84,14 @@ def phi4_action(phi: torch.Tensor, m2: float, lam: float) -> torch.Tensor:
     Returns:
         ``[B]``.
     """
-    check_field(phi, channels=1)
+    if check:  # validation at the API boundary; hot loops pass check=False
+        check_field(phi, channels=1)
     p2 = phi**2
     local = (4.0 + m2) * p2 + lam * p2**2
     return local.sum(dim=(1, 2, 3)) - 2.0 * _neighbour_sum(phi)
 
 
-def phi4_hopping_action(phi: torch.Tensor, kappa: float, lam: float) -> torch.Tensor:
+def phi4_hopping_action(phi: torch.Tensor, kappa: float, lam: float, check: bool = True) -> torch.Tensor:
     r"""Real phi^4, hopping convention:
 
     ``S = sum_x [ -2 kappa sum_mu phi(x) phi(x+mu) + (1 - 2 lam) phi(x)^2 + lam phi(x)^4 ]``.
@@ -97,13 +99,14 @@ def phi4_hopping_action(phi: torch.Tensor, kappa: float, lam: float) -> torch.Te
     This is ``sum_x [-2 kappa sum_mu phi phi_mu + phi^2 + lam (phi^2 - 1)^2]`` without the
     constant ``lam V``. Args: ``phi: [B, 1, L, L]``; returns ``[B]``.
     """
-    check_field(phi, channels=1)
+    if check:  # validation at the API boundary; hot loops pass check=False
+        check_field(phi, channels=1)
     p2 = phi**2
     local = (1.0 - 2.0 * lam) * p2 + lam * p2**2
     return local.sum(dim=(1, 2, 3)) - 2.0 * kappa * _neighbour_sum(phi)
 
 
-def complex_phi4_action(phi: torch.Tensor, t: float, mu: float, lam: float) -> torch.Tensor:
+def complex_phi4_action(phi: torch.Tensor, t: float, mu: float, lam: float, check: bool = True) -> torch.Tensor:
     r"""Complex phi^4 / O(2) model with ``phi = phi_1 + i phi_2`` as channels ``[B, 2, L, L]``:
 
     ``S = -t sum_<ij> (phi_i^* phi_j + c.c.) + sum_i (mu |phi_i|^2 + lam |phi_i|^4)``
@@ -111,7 +114,8 @@ def complex_phi4_action(phi: torch.Tensor, t: float, mu: float, lam: float) -> t
 
     Invariant under global U(1) rotations of ``(phi_1, phi_2)``. Returns ``[B]``.
     """
-    check_field(phi, channels=2)
+    if check:  # validation at the API boundary; hot loops pass check=False
+        check_field(phi, channels=2)
     mod2 = (phi**2).sum(dim=1)
     local = mu * mod2 + lam * mod2**2
     return local.sum(dim=(1, 2)) - 2.0 * t * _neighbour_sum(phi)
@@ -162,14 +166,15 @@ def ising_kernel_eigenvalues(L: int, T: float, shift: float, dtype=torch.float64
     return ising_shift_constant(T, shift) + 2 * beta * (cos[:, None] + cos[None, :])
 
 
-def ising_relaxed_action(x: torch.Tensor, T: float, shift: float = 0.1) -> torch.Tensor:
+def ising_relaxed_action(x: torch.Tensor, T: float, shift: float = 0.1, check: bool = True) -> torch.Tensor:
     r"""Hubbard-Stratonovich relaxation of the Ising model (NeuralRG):
 
     ``S(x) = 1/2 x^T K^{-1} x - sum_i ln cosh(x_i)``, ``K = beta A + (4 beta + shift) 1``.
 
     ``K^{-1}`` is applied exactly in momentum space (FFT). ``x: [B, 1, L, L]``; returns ``[B]``.
     """
-    check_field(x, name="x", channels=1)
+    if check:  # validation at the API boundary; hot loops pass check=False
+        check_field(x, name="x", channels=1)
     L = x.shape[-1]
     eig = ising_kernel_eigenvalues(L, T, shift, dtype=x.dtype, device=x.device)
     xh = torch.fft.fft2(x[:, 0])

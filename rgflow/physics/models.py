@@ -54,7 +54,12 @@ class Action:
 
     def __call__(self, phi: torch.Tensor) -> torch.Tensor:
         check_field(phi, channels=self.channels)
-        return _FUNCTIONS[self.name](phi, **self.params)
+        return self.evaluate(phi)
+
+    def evaluate(self, phi: torch.Tensor) -> torch.Tensor:
+        """``S(phi)`` without input validation, for hot loops that validated once (a non-finite
+        field gives a non-finite action instead of an error)."""
+        return _FUNCTIONS[self.name](phi, **self.params, check=False)
 
     def local_form(self) -> tuple[float, float, float] | None:
         """Coefficients ``(a, b, c)`` of the terms of ``S`` that involve one site ``x``:

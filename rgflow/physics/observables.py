@@ -10,7 +10,7 @@ name       definition                              note
 ``abs_m``  ``<|m|>``
 ``chi``    ``V <|m|^2>``
 ``chi_c``  ``V (<|m|^2> - <|m|>^2)``               connected
-``binder`` ``1 - <|m|^4> / (3 <|m|^2>^2)``         Binder cumulant ``U_4``
+``binder`` ``1 - <|m|^4> / ((1 + 2/C) <|m|^2>^2)``  Binder cumulant ``U_4`` (0 for Gaussian ``m``)
 ``e_link`` ``<phi(x) . phi(x+mu)>``                averaged over ``x`` and ``mu``
 ``xi2``    ``sqrt(G~(0)/G~(p) - 1) / (2 sin(pi/L))``  second-moment length, ``p = 2 pi / L``
 =========  ======================================  ===========================================
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from rgflow.physics.fields import check_field
-from rgflow.stats import Estimate, jackknife, tau_int
+from dataclasses import dataclass
+
+from rgflow.stats import Estimate, gamma_method, jackknife
 
 __all__ = [
     "magnetization",
@@ -39,13 +41,15 @@ __all__ = [
     "primaries",
     "estimate_observables",
     "chain_observables",
+    "ChainEstimates",
+    "derived_observables",
     "OBSERVABLE_NAMES",
-    "PRIMARY_OF",
+    "THERMALIZATION_PRIMARIES",
 ]
 
 OBSERVABLE_NAMES = ("m", "abs_m", "chi", "chi_c", "binder", "e_link", "xi2")
-#: The primary whose autocorrelation time is reported for an observable name.
-PRIMARY_OF = {"m": "m1", "abs_m": "abs_m", "chi": "m2", "e_link": "e_link"}
+#: Primaries whose early and late chain segments must agree for a chain to count as thermalised.
+THERMALIZATION_PRIMARIES = ("abs_m", "m2", "e_link")
 
 
 def magnetization(phi: torch.Tensor) -> torch.Tensor:
@@ -122,65 +126,119 @@ def primaries(phi: torch.Tensor) -> dict[str, np.ndarray]:
         }
 
 
-def estimate_observables(
-    phi: torch.Tensor | dict[str, np.ndarray],
-    log_w: np.ndarray | None = None,
-    n_bins: int = 64,
-) -> dict[str, Estimate]:
-    """Estimates of :data:`OBSERVABLE_NAMES` with jackknife errors.
+def derived_observables(L: int, channels: int = 1) -> dict:
+    """name -> ``F(means of the primaries)`` for every name of :data:`OBSERVABLE_NAMES`.
 
-    Args:
-        phi: configurations ``[N, C, L, L]`` or their :func:`primaries` (with key ``"L"`` absent
-            the lattice side is read from ``phi``).
-        log_w: optional log importance weights ``[N]`` (self-normalised reweighting).
-        n_bins: jackknife bins; for a Markov chain use bins much longer than tau_int.
+    The Binder cumulant of a ``C``-component field is ``1 - <|m|^4> / ((1 + 2/C) <|m|^2>^2)``,
+    normalised to vanish for a Gaussian ``m`` (factor 3 for one component, 2 for two).
     """
-    L = phi.shape[-1] if isinstance(phi, torch.Tensor) else int(phi["L"])
-    p = primaries(phi) if isinstance(phi, torch.Tensor) else {k: v for k, v in phi.items() if k != "L"}
     V = L * L
     s = 2 * math.sin(math.pi / L)
-    derived = {
+    gauss = 1.0 + 2.0 / channels
+    return {
         "m": lambda a: a["m1"],
         "abs_m": lambda a: a["abs_m"],
         "chi": lambda a: V * a["m2"],
         "chi_c": lambda a: V * (a["m2"] - a["abs_m"] ** 2),
-        "binder": lambda a: 1.0 - a["m4"] / (3.0 * a["m2"] ** 2),
+        "binder": lambda a: 1.0 - a["m4"] / (gauss * a["m2"] ** 2),
         "e_link": lambda a: a["e_link"],
         "xi2": lambda a: math.sqrt(max(a["g0"] / a["gp"] - 1.0, 0.0)) / s if a["gp"] > 0 else math.nan,
     }
-    return {name: jackknife(p, fn, log_w=log_w, n_bins=n_bins) for name, fn in derived.items()}
+
+
+def estimate_observables(
+    phi: torch.Tensor | dict[str, np.ndarray],
+    log_w: np.ndarray | None = None,
+    n_bins: int = 64,
+    channels: int | None = None,
+) -> dict[str, Estimate]:
+    """Estimates of :data:`OBSERVABLE_NAMES` from independent samples, with jackknife errors.
+
+    Args:
+        phi: configurations ``[N, C, L, L]`` or their :func:`primaries` plus the key ``"L"``.
+        log_w: optional log importance weights ``[N]`` (self-normalised reweighting).
+        n_bins: jackknife bins (for Markov chains use :func:`chain_observables` instead).
+        channels: field components ``C`` (read from ``phi`` when it is a tensor; default 1).
+    """
+    if isinstance(phi, torch.Tensor):
+        L, C, p = phi.shape[-1], phi.shape[1], primaries(phi)
+    else:
+        L, C, p = int(phi["L"]), channels or 1, {k: v for k, v in phi.items() if k != "L"}
+    return {name: jackknife(p, fn, log_w=log_w, n_bins=n_bins) for name, fn in derived_observables(L, C).items()}
+
+
+@dataclass
+class ChainEstimates:
+    """Observables of Markov chains by the Gamma-method (:func:`rgflow.stats.gamma_method`).
+
+    ``observables``: name -> :class:`Estimate` (with ``tau_int``, its error and ``reliable``);
+    ``n_samples`` recorded samples (all chains), ``n_discarded`` leading samples dropped per
+    chain as thermalisation (reported, never silent), ``n_used = chains * (n - n_discarded)``;
+    ``thermalized``: the first quarter and the last half of the used part agree within
+    ``3 sigma`` for every primary in :data:`THERMALIZATION_PRIMARIES` (``thermalization_z``
+    holds the largest deviation in units of the combined error).
+    """
+
+    observables: dict[str, Estimate]
+    chains: int
+    n_samples: int
+    n_discarded: int
+    n_used: int
+    thermalized: bool
+    thermalization_z: float
+
+    @property
+    def tau_int(self) -> dict[str, Estimate]:
+        """name -> ``tau_int`` as an :class:`Estimate` (value, error) in chain steps."""
+        return {k: Estimate(e.tau_int, e.tau_int_error, e.n, reliable=e.reliable) for k, e in self.observables.items()}
+
+    @property
+    def reliable(self) -> dict[str, bool]:
+        return {k: e.reliable for k, e in self.observables.items()}
 
 
 def chain_observables(
-    series: dict[str, np.ndarray], L: int, bin_factor: float = 10.0
-) -> tuple[dict[str, Estimate], dict[str, Estimate]]:
-    """Estimates from Markov chains, with errors corrected for autocorrelation.
+    series: dict[str, np.ndarray], L: int, channels: int = 1, discard: int | str = "auto", S: float = 2.0
+) -> ChainEstimates:
+    """Estimates from Markov chains with Gamma-method errors and ``tau_int`` for every observable.
 
     Args:
         series: primaries as ``name -> [chains, n]`` (or ``[n]`` for one chain).
-        L: lattice side.
-        bin_factor: jackknife bins are at least ``bin_factor * tau_int`` samples long (and never
-            cross from one chain into the next).
+        L: lattice side; channels: field components ``C``.
+        discard: leading samples dropped from every chain as thermalisation: an int, or
+            ``"auto"`` = ``min(ceil(10 tau_max), n // 4)`` with ``tau_max`` the largest
+            ``tau_int`` of the observables over the whole series.
+        S: the Gamma-method's window parameter.
 
-    Returns:
-        ``(observables, tau_int)``: name -> :class:`Estimate`, and for :data:`PRIMARY_OF` names
-        the integrated autocorrelation time (in chain steps, averaged over chains) with its error.
+    All remaining samples of all chains enter every estimate (no binning, nothing dropped).
     """
     series = {k: np.atleast_2d(np.asarray(v, np.float64)) for k, v in series.items()}
     chains, n = next(iter(series.values())).shape
-    taus = {}
-    for name, prim in PRIMARY_OF.items():
-        vals = np.array([tau_int(series[prim][c])[:2] for c in range(chains)])
-        taus[name] = Estimate(float(vals[:, 0].mean()), float(np.sqrt((vals[:, 1] ** 2).sum()) / chains), n=chains * n)
-    tau_max = max(t.mean for t in taus.values())
-    bin_len = max(1, int(np.ceil(bin_factor * tau_max)))
-    per_chain = max(1, n // bin_len)
-    n_used = per_chain * bin_len
-    flat = {k: v[:, n - n_used :].reshape(-1) for k, v in series.items()}
-    flat["L"] = L
-    est = estimate_observables(flat, n_bins=max(2, chains * per_chain))
-    est = {
-        k: Estimate(e.mean, e.error, e.n, taus[k].mean if k in taus else None, taus[k].error if k in taus else None)
-        for k, e in est.items()
-    }
-    return est, taus
+    derived = derived_observables(L, channels)
+    if discard == "auto":
+        taus = [gamma_method(series, fn, S).tau_int for fn in derived.values()]
+        tau_max = max((t for t in taus if math.isfinite(t)), default=0.5)
+        discard = min(int(math.ceil(10 * tau_max)), n // 4)
+    if not isinstance(discard, int) or not 0 <= discard <= n - 4:
+        raise ValueError(f"discard must be 'auto' or an integer in [0, {n - 4}] (chains of {n}), got {discard!r}")
+    used = {k: v[:, discard:] for k, v in series.items()}
+    est = {name: gamma_method(used, fn, S).estimate() for name, fn in derived.items()}
+    z = _thermalization_z(used, S)
+    return ChainEstimates(est, chains, chains * n, discard, chains * (n - discard), z < 3.0, z)
+
+
+def _thermalization_z(used: dict[str, np.ndarray], S: float) -> float:
+    """Largest ``|mean(first quarter) - mean(last half)| / combined error`` over the primaries."""
+    n = next(iter(used.values())).shape[1]
+    q = n // 4
+    if q < 4:
+        return 0.0
+    zs = []
+    for k in THERMALIZATION_PRIMARIES:
+        if k not in used:
+            continue
+        early, late = gamma_method(used[k][:, :q], S=S), gamma_method(used[k][:, n - 2 * q:], S=S)
+        err = math.hypot(early.error, late.error)
+        if err > 0:
+            zs.append(abs(early.value - late.value) / err)
+    return max(zs, default=0.0)

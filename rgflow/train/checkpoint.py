@@ -18,7 +18,7 @@ CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
 #: Config fields that define the model and the target; a checkpoint only loads into a config
 #: that agrees on all of them.
 MODEL_KEYS = (
-    "action", "L", "couplings", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
+    "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
     "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "ode_method", "ode_steps",
 )
 
@@ -70,17 +70,24 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
     if not _all_finite(state["model"]):
         raise CheckpointError(f"{path}: checkpoint holds non-finite parameters")
     if config is not None:
-        # a key that an older checkpoint lacks was added later with a default reproducing old behaviour
-        from dataclasses import fields
-
-        from rgflow.config import TrainConfig
-
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        diff = [k for k in MODEL_KEYS if state["config"].get(k, defaults.get(k)) != config.get(k)]
+        saved = _resolved_config(path, state["config"])
+        diff = [k for k in MODEL_KEYS if saved.get(k) != config.get(k)]
         if diff:
-            detail = ", ".join(f"{k}: checkpoint {state['config'].get(k)!r} vs config {config.get(k)!r}" for k in diff)
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {config.get(k)!r}" for k in diff)
             raise CheckpointError(f"{path}: checkpoint is from an incompatible config ({detail})")
     return state
+
+
+def _resolved_config(path: Path, saved: dict) -> dict:
+    """The checkpoint's config as the current code resolves it: keys an older version lacked take
+    their (action-dependent) defaults, renamed keys their new names."""
+    from rgflow.config import TrainConfig
+
+    try:
+        data = {k: v for k, v in saved.items() if k != "steps" and k != "minutes"}
+        return TrainConfig.from_dict({**data, "steps": 1}, warn=False).to_dict()
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint holds an unreadable config ({exc})") from None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

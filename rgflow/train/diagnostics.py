@@ -90,8 +90,10 @@ def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: in
     field = action.measurement_field(x, generator=torch.Generator(device=device).manual_seed(seed + 1))
     prim = primaries(field)
     prim_rw = dict(prim, L=L)
-    out["observables"] = _jsonable(estimate_observables(prim_rw, log_w=log_w))
-    imh_est, taus = chain_observables({k: v[chain] for k, v in prim.items()}, L)
-    out["observables_imh"] = _jsonable(imh_est)
-    out["tau_int_imh"] = _jsonable(taus)
+    C = field.shape[1]
+    out["observables"] = _jsonable(estimate_observables(prim_rw, log_w=log_w, channels=C))
+    imh = chain_observables({k: v[chain] for k, v in prim.items()}, L, channels=C)
+    out["observables_imh"] = _jsonable(imh.observables)
+    out["tau_int_imh"] = _jsonable(imh.tau_int)
+    out["imh_n_discarded"], out["imh_reliable"] = imh.n_discarded, imh.reliable
     return out

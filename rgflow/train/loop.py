@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
     if cfg.flow == "flat":
         flow = build_flat_flow(cfg.L, channels, n_layers=cfg.n_couplings, hidden=(cfg.hidden,) * cfg.layers)
     else:
-        layout = Layout(cfg.L, block=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
+        layout = Layout(cfg.L, block_size=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
                           symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps)
@@ -81,7 +81,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     if not cfg_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder (no config.json); create one with `rgflow train --out {run_dir}`")
     try:
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), warn=False)
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
     if device is not None:
@@ -231,7 +231,13 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
     consecutive_bad, loss_value = 0, float("nan")
     metrics = open(run_dir / "metrics.jsonl", "a") if ctx.is_main else open(os.devnull, "w")
     with metrics, _SignalFlag() as flag:
+        clock = time.perf_counter()
         while True:
+            # --minutes is a wall-clock budget of the loop: steps, skipped steps, evaluations and
+            # checkpoints all count (start-up and resume loading do not)
+            now = time.perf_counter()
+            n["elapsed"] += now - clock
+            clock = now
             sync = ctx.all_reduce(torch.tensor([n["elapsed"], float(flag.signum or 0)], dtype=torch.float64,
                                                device=device), "max")
             n["elapsed"] = float(sync[0])
@@ -241,7 +247,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                 checkpoint(metrics)
                 bar.close()
                 raise TrainingInterrupted(int(sync[1]), n["step"])
-            t0 = time.perf_counter()
             lr = cfg.lr * n["lr_scale"] * _lr_factor(cfg, _progress(cfg, n["step"], n["elapsed"]))
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -262,7 +267,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                         raise FloatingPointError(
                             f"{consecutive_bad} consecutive non-finite steps before any checkpoint; lower lr (now {cfg.lr})"
                         )
+                    elapsed = n["elapsed"]  # time spent stays spent
                     restore(load_checkpoint(last, cfg.to_dict(), map_location=device))
+                    n["elapsed"] = elapsed
                     n["lr_scale"] *= 0.5
                     n["rollbacks"] += 1
                     consecutive_bad = 0
@@ -272,7 +279,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             opt.step()
             consecutive_bad = 0
             n["step"] += 1
-            n["elapsed"] += time.perf_counter() - t0
             step = n["step"]
             bar.update(1)
             if step % cfg.log_every == 0:

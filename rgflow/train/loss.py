@@ -58,6 +58,9 @@ class ReverseKL(nn.Module):
     def forward(self, batch_size: int) -> torch.Tensor:
         z = self.flow.prior.sample(batch_size, generator=self.generator)
         x, logdet = self.flow.inverse(z)
+        # the kinetic energy of the sampling pass (the path-gradient re-evaluation below runs the
+        # ODE blocks again with detached parameters and would overwrite it)
+        kinetic = self._kinetic(batch_size) if self.kinetic_weight > 0 and self._ode_blocks else None
         if self.path_gradient:
             detached = {"flow." + k: v.detach() for k, v in self.flow.named_parameters()}
             log_q = functional_call(self._log_prob, detached, (x,), strict=False)
@@ -66,7 +69,10 @@ class ReverseKL(nn.Module):
         S = self.action(x)
         self.last_log_w = (-S - log_q).detach()
         loss = (log_q + S).mean()
-        if self.kinetic_weight > 0 and self._ode_blocks:
-            kinetic = sum(b.kinetic.reshape(batch_size, -1).sum(1) for b in self._ode_blocks)
+        if kinetic is not None:
             loss = loss + self.kinetic_weight * kinetic.mean()
         return loss
+
+    def _kinetic(self, batch_size: int) -> torch.Tensor:
+        """``sum_blocks int |f|^2 dt`` per sample, from the ODE blocks' last pass: ``[B]``."""
+        return sum(b.kinetic.reshape(batch_size, -1).sum(1) for b in self._ode_blocks)

@@ -25,7 +25,7 @@ def _rotate(phi, a):
 @pytest.mark.parametrize("kind", ["affine", "spline", "ode"])
 def test_z2_blocks_are_odd_with_even_logdet(kind, float64):
     torch.manual_seed(0)
-    block = make_block(kind, 2, 1, couplings=2, hidden=8, symmetry="z2")
+    block = make_block(kind, 2, 1, n_couplings=2, hidden=8, symmetry="z2")
     _perturb(block)
     x = torch.randn(5, 4)
     y, ld = block(x)
@@ -38,18 +38,18 @@ def test_z2_blocks_are_odd_with_even_logdet(kind, float64):
 @pytest.mark.parametrize("kind", ["affine", "spline", "ode"])
 def test_z2_flow_density_is_even(kind, float64):
     torch.manual_seed(0)
-    flow = build_flow(Layout(8), block=kind, couplings=2, hidden=8, symmetry="z2", learn_level_scale=True)
+    flow = build_flow(Layout(8), block=kind, n_couplings=2, hidden=8, symmetry="z2", learn_level_scale=True)
     _perturb(flow)
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(flow.log_prob(-x), flow.log_prob(x), atol=1e-10, rtol=0)
-    plain = build_flow(Layout(8), block=kind, couplings=2, hidden=8)
+    plain = build_flow(Layout(8), block=kind, n_couplings=2, hidden=8)
     _perturb(plain)
     assert not torch.allclose(plain.log_prob(-x), plain.log_prob(x), atol=1e-6)  # the test can fail
 
 
 def test_u1_flow_density_is_rotation_invariant(float64):
     torch.manual_seed(0)
-    flow = build_flow(Layout(4), channels=2, block="ode", couplings=1, hidden=8, symmetry="u1", learn_level_scale=True)
+    flow = build_flow(Layout(4), channels=2, block="ode", n_couplings=1, hidden=8, symmetry="u1", learn_level_scale=True)
     _perturb(flow)
     phi = torch.randn(3, 2, 4, 4)
     for a in (0.3, 1.7, math.pi):
@@ -68,10 +68,10 @@ def test_u1_rejects_non_rotation_invariant_prior():
 
 @pytest.mark.parametrize("L,depth,block,period", [(16, 2, 2, 4), (8, None, 2, 8), (16, 1, 4, 4)])
 def test_flow_is_invariant_under_shifts_by_the_layout_period(L, depth, block, period, float64):
-    layout = Layout(L, block=block, depth=depth)
+    layout = Layout(L, block_size=block, depth=depth)
     assert layout.translation_period == period
     torch.manual_seed(0)
-    flow = build_flow(layout, block="affine", couplings=2, hidden=8, learn_level_scale=True)
+    flow = build_flow(layout, block="affine", n_couplings=2, hidden=8, learn_level_scale=True)
     _perturb(flow)
     x = torch.randn(3, 1, L, L)
     lq = flow.log_prob(x)

@@ -7,7 +7,7 @@ from rgflow.cli import main
 from rgflow.ensemble import load_ensemble
 from rgflow.physics.observables import primaries
 
-TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--couplings", "2", "--batch-size", "16"]
+TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--n-couplings", "2", "--batch-size", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,12 @@ def test_physical_hmc_without_a_run_writes_chain_and_figure(tmp_path, capsys):
                  "--json", "--out", str(out)])
     res = json.loads(capsys.readouterr().out)
     assert code == 0
-    for key in ("observables", "tau_int", "acceptance", "n_samples", "seconds_per_step", "grad_evals_per_step"):
+    for key in ("observables", "tau_int", "acceptance", "n_samples", "n_used", "n_discarded", "reliable",
+                "thermalized", "divergences", "seconds_per_step", "grad_evals_per_step"):
         assert key in res
     assert res["n_samples"] == 800 and res["grad_evals_per_step"] == 10
+    assert res["n_used"] == 4 * (200 - res["n_discarded"]) and 0 <= res["n_discarded"] <= 50
+    assert set(res["reliable"]) == set(res["observables"]) == set(res["tau_int"])
     assert all(len(v) == 2 for v in res["tau_int"].values())
     data = np.load(out)
     assert data["series_abs_m"].shape == (4, 200) and data["fields"].shape == (4 * 20, 1, 4, 4)  # --save-every 10
@@ -83,3 +86,25 @@ def test_human_table(capsys):
     assert main(["mcmc", "--action", "phi4", "--L", "4", "--sampler", "local", "--n", "100", "--chains", "2"]) == 0
     out = capsys.readouterr().out
     assert "tau_int" in out and "abs_m" in out
+
+
+def test_mcmc_sampler_options_and_short_chain_warning(capsys):
+    """--leapfrog, --step-size, --device and --discard reach the sampler; a chain far shorter than
+    50 tau_int is reported as unreliable, in the JSON and in the table."""
+    args = ["mcmc", "--action", "phi4", "--L", "8", "--sampler", "hmc", "--n", "40", "--chains", "2", "--warmup", "0",
+            "--leapfrog", "3", "--step-size", "0.01", "--device", "cpu", "--discard", "0"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["grad_evals_per_step"] == 3 and res["step_size"] == pytest.approx(0.01)
+    assert res["n_discarded"] == 0 and res["n_used"] == res["n_samples"] == 80
+    assert not all(res["reliable"].values())  # tiny steps: tau_int far beyond 40 / 50
+    assert main(args) == 0
+    assert "unreliable: chains shorter than 50 tau_int" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,match", [("--discard", "x", "--discard must be"), ("--leapfrog", "0", "--leapfrog"),
+                                              ("--step-size", "-1", "--step-size"), ("--device", "tpu", "--device")])
+def test_mcmc_bad_sampler_options(flag, value, match, capsys):
+    code = main(["mcmc", "--action", "free", "--L", "4", "--sampler", "hmc", "--n", "10", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1

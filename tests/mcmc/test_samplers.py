@@ -28,7 +28,7 @@ def test_local_form_matches_action_difference(name, C):
 
 
 def _check_free_field(res, L, m2):
-    est, _ = chain_observables(res.series, L)
+    est = chain_observables(res.series, L).observables
     exact = {"chi": 1 / m2, "e_link": float(free_field_two_point(L, m2)[1, 0])}
     for k, v in exact.items():
         assert abs(est[k].mean - v) < 3 * est[k].error, (res.sampler, k, est[k], v)
@@ -45,7 +45,7 @@ def test_samplers_reproduce_free_field_moments(sampler):
 
 def test_latent_hmc_targets_the_exact_boundary_distribution():
     torch.manual_seed(0)
-    flow = build_flow(Layout(4), block="affine", hidden=8, couplings=2).double()
+    flow = build_flow(Layout(4), block="affine", hidden=8, n_couplings=2).double()
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.2 * torch.randn_like(p))  # an arbitrary bijection: the target must not care
@@ -55,9 +55,67 @@ def test_latent_hmc_targets_the_exact_boundary_distribution():
     assert all(p.requires_grad for p in flow.parameters())
 
 
+def test_latent_hmc_restores_each_parameters_own_requires_grad():
+    flow = build_flow(Layout(4), block="affine", hidden=8, n_couplings=2).double()
+    frozen = list(flow.parameters())[::2]
+    for p in frozen:
+        p.requires_grad_(False)
+    latent_hmc(flow, make_action("free", m2=1.0), n=5, chains=2, warmup=0, n_leapfrog=2)
+    assert [p.requires_grad for p in flow.parameters()] == [not any(p is f for f in frozen) for p in flow.parameters()]
+
+
+class _SignFlippedLogdet(torch.nn.Module):
+    """A flow whose inverse reports ``-ln|det|``: what a sign error in S_eff would sample."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow, self.prior = flow, flow.prior
+
+    def inverse(self, z):
+        x, logdet = self.flow.inverse(z)
+        return x, -logdet
+
+
+def test_latent_hmc_on_ising_with_a_non_volume_preserving_flow_is_exact_and_sign_sensitive():
+    """Non-Gaussian target with an exact answer (L = 4 Ising by enumeration): latent HMC through a
+    random, non-volume-preserving flow reproduces it; the same flow with the log-det's sign flipped
+    does not, so this test fails on a sign error in S_eff = S(G(z)) - ln|det dG/dz|."""
+    L, T = 4, 3.0
+    V = L * L
+    s = (((np.arange(2**V)[:, None] >> np.arange(V)) & 1) * 2 - 1).reshape(-1, L, L).astype(float)
+    E = (s * np.roll(s, -1, 1)).sum((1, 2)) + (s * np.roll(s, -1, 2)).sum((1, 2))
+    w = np.exp((E - E.max()) / T)
+    exact_chi = V * (s.mean((1, 2)) ** 2 * w).sum() / w.sum()
+    torch.manual_seed(1)
+    flow = build_flow(Layout(L), block="affine", hidden=8, n_couplings=2).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.15 * torch.randn_like(p))
+    action = make_action("ising", T=T)
+    deviations = []
+    for candidate in (flow, _SignFlippedLogdet(flow)):
+        res = latent_hmc(candidate, action, n=300, chains=32, seed=7, warmup=200, n_leapfrog=6)
+        chi = chain_observables(res.series, L).observables["chi"]
+        deviations.append(abs(chi.mean - exact_chi) / chi.error)
+    assert deviations[0] < 3.5 and deviations[1] > 6, deviations
+
+
+@pytest.mark.parametrize("potential_of", ["hmc", "latent-hmc"])
+def test_divergent_trajectories_are_rejected_and_counted(potential_of):
+    """A step size far too large sends trajectories to infinity: each is a rejected, counted step."""
+    action = make_action("phi4", m2=-4.0, lam=8.0)
+    if potential_of == "hmc":
+        res = hmc(action, 8, n=20, chains=4, seed=0, warmup=0, step_size=2.0, n_leapfrog=10)
+    else:
+        flow = build_flow(Layout(8), block="affine", hidden=8, n_couplings=2).double()
+        res = latent_hmc(flow, action, n=20, chains=4, seed=0, warmup=0, step_size=5.0, n_leapfrog=10)
+    assert res.divergences > 0 and res.acceptance < 0.5
+    assert all(np.isfinite(v).all() for v in res.series.values())
+
+
 def test_latent_local_targets_the_exact_boundary_distribution():
     torch.manual_seed(0)
-    flow = build_flow(Layout(4), block="affine", hidden=8, couplings=2).double()
+    flow = build_flow(Layout(4), block="affine", hidden=8, n_couplings=2).double()
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -75,7 +133,7 @@ def test_hmc_on_ising_relaxation_reproduces_exact_moments():
     w = np.exp((E - E.max()) / T)
     m2 = (s.mean((1, 2)) ** 2 * w).sum() / w.sum()
     res = hmc(make_action("ising", T=T), L, n=2000, chains=8, seed=3)
-    est, _ = chain_observables(res.series, L)
+    est = chain_observables(res.series, L).observables
     assert abs(est["chi"].mean - V * m2) < 3 * est["chi"].error
 
 

@@ -72,3 +72,11 @@ def test_reweighted_estimate_uses_weights():
     log_w = np.log([3.0, 1.0])
     est = estimate_observables(phi, log_w=log_w, n_bins=2)
     assert est["m"].mean == pytest.approx((3 * 1 + 1 * 3) / 4)
+
+
+@pytest.mark.parametrize("C", [1, 2])
+def test_binder_cumulant_vanishes_for_gaussian_magnetisation(C):
+    """U_4 = 1 - <|m|^4> / ((1 + 2/C) <|m|^2>^2) is 0 for a Gaussian C-component m (factor 2 for O(2))."""
+    phi = torch.randn(40000, C, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    est = estimate_observables(phi)["binder"]
+    assert abs(est.mean) < 4 * est.error

@@ -14,7 +14,7 @@ from rgflow.train import CheckpointError, load_checkpoint, train
 from rgflow.train import loop as loop_module
 from rgflow.train.checkpoint import save_checkpoint
 
-TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--couplings", "2", "--batch-size", "16"]
+TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--n-couplings", "2", "--batch-size", "16"]
 
 
 def _cmd(out, steps, *extra):
@@ -30,16 +30,31 @@ def _wait_for_checkpoint(proc, run, timeout=60.0):
         time.sleep(0.01)
 
 
+_KILL_AT_CHECKPOINT = """
+import os, signal, sys
+from rgflow.train import loop
+save, target = loop.save_checkpoint, int(sys.argv[1])
+
+def save_then_die(path, state):  # SIGKILL right after the target checkpoint is on disk
+    save(path, state)
+    if state["step"] == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop.save_checkpoint = save_then_die
+from rgflow.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    """Killed with SIGKILL exactly after its third checkpoint (no race with a timer), then resumed:
+    bit-identical parameters to an uninterrupted run."""
     steps = 400
     subprocess.run(_cmd(tmp_path / "full", steps), check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen(_cmd(tmp_path / "cut", steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_checkpoint(proc, tmp_path / "cut")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    cut = _cmd(tmp_path / "cut", steps)
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_CHECKPOINT, "60", *cut[3:]], capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"]
-    assert 0 < killed_at < steps
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 60
     subprocess.run([sys.executable, "-m", "rgflow", "train", "--out", str(tmp_path / "cut"), "--resume"],
                    check=True, capture_output=True, timeout=300)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)

@@ -1,0 +1,98 @@
+"""One set of defaults and one name per concept: the Python API, the config and the CLI agree."""
+import json
+import logging
+
+import pytest
+import torch
+
+from rgflow.cli import main
+from rgflow.config import TrainConfig
+from rgflow.flows import build_flow, make_block
+from rgflow.layout import Layout
+from rgflow.train import build_model, load_checkpoint, train
+
+
+def _shapes(module):
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("action,spline", [("phi4", {}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
+def test_build_flow_defaults_equal_the_training_config(action, spline):
+    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, prior, spline range)."""
+    api = build_flow(Layout(8), **spline)
+    cli = build_model(TrainConfig(action=action, L=8, steps=1))
+    assert _shapes(api) == _shapes(cli)
+    assert type(api.sublayers[0].transform._transforms[0]) is type(cli.sublayers[0].transform._transforms[0])
+    spl = cli.sublayers[0].transform._transforms[0]
+    assert (spl.num_bins, spl.tail_bound) == (TrainConfig(action=action, steps=1).num_bins,
+                                              TrainConfig(action=action, steps=1).tail_bound)
+    assert (api.sublayers[0].transform._transforms[0].tail_bound == spl.tail_bound)
+    assert isinstance(api.prior.log_scale, torch.nn.Parameter)  # learned level scales, as in the CLI
+
+
+def test_block_size_means_the_block_side_everywhere(caplog):
+    layout = Layout(16, block_size=4)
+    assert layout.block_size == 4 and layout.block_sites == 16
+    assert TrainConfig(L=16, block_size=4, steps=1).block_size == layout.block_size
+    with caplog.at_level(logging.WARNING, logger="rgflow"):
+        old = Layout(16, block=4)
+        assert old.block_size == 4 and old.block == 4
+    assert "Layout(block=...) is deprecated" in caplog.text and "Layout.block is deprecated" in caplog.text
+
+
+def test_old_names_still_work_with_a_deprecation_message(caplog):
+    with caplog.at_level(logging.WARNING, logger="rgflow"):
+        a = make_block("affine", 2, couplings=3)
+        f = build_flow(Layout(4), couplings=2)
+    assert len(a._transforms) == 3 and len(f.sublayers[0].transform._transforms) == 2
+    assert "make_block(couplings=...) is deprecated" in caplog.text
+    assert "build_flow(couplings=...) is deprecated" in caplog.text
+
+
+def test_toml_keys_are_the_flags(tmp_path, capsys, caplog):
+    """`n_couplings = 6` and flat couplings work in TOML as the flags do; the old `couplings = 6`
+    and `[couplings]` table still work, with a deprecation message."""
+    toml = tmp_path / "new.toml"
+    toml.write_text('action = "phi4"\nlam = 6.0\nn_couplings = 6\nsteps = 3\n')
+    assert main(["train", "--config", str(toml), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["n_couplings"] == 6 and cfg["params"] == {"m2": -4.0, "lam": 6.0}
+    old = tmp_path / "old.toml"
+    old.write_text('action = "phi4"\ncouplings = 6\nsteps = 3\n[params]\nlam = 5.0\n')
+    with caplog.at_level(logging.WARNING, logger="rgflow"):
+        assert main(["train", "--config", str(old), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["n_couplings"] == 6 and cfg["params"]["lam"] == 5.0
+    assert "'couplings' for the number of coupling layers is deprecated" in caplog.text
+    table = tmp_path / "table.toml"
+    table.write_text('action = "phi4"\nsteps = 3\n[couplings]\nlam = 4.0\n')
+    assert main(["train", "--config", str(table), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["lam"] == 4.0
+    assert main(["train", "--couplings", "3", "--steps", "1", "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_couplings"] == 3
+
+
+def test_checkpoint_of_an_older_version_loads(tmp_path):
+    """A checkpoint whose config predates num_bins / tail_bound / params is compared with the
+    defaults those keys now resolve to, and loads."""
+    cfg = TrainConfig(L=4, hidden=8, n_couplings=2, batch_size=8, steps=2)
+    train(cfg, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    old = {k: v for k, v in state["config"].items() if k not in ("num_bins", "tail_bound", "params")}
+    old["couplings"] = state["config"]["params"]
+    torch.save({**state, "config": old}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", cfg.to_dict())["step"] == 2
+
+
+def test_minutes_is_a_wall_clock_budget_including_evaluations(tmp_path):
+    """With an evaluation after every step costing far more than the step, a 0.05-minute budget
+    still ends after ~3 s of wall time (evaluations and checkpoints count)."""
+    import time
+
+    cfg = TrainConfig(L=8, hidden=8, n_couplings=2, batch_size=8, minutes=0.05, eval_every=1, eval_samples=4096,
+                      ckpt_every=1)
+    t0 = time.perf_counter()
+    summary = train(cfg, tmp_path / "run")
+    wall = time.perf_counter() - t0
+    assert summary["elapsed"] == pytest.approx(3.0, abs=1.5) and wall < 8.0
