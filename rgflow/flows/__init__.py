@@ -11,11 +11,12 @@ from rgflow.flows.couplings import (
     make_block,
     spline_coupling,
 )
+from rgflow.flows.haar import HaarBlock, IdentityBlock, haar_flow
 from rgflow.flows.priors import PRIOR_KINDS, Prior
 from rgflow.flows.rgflow import RGFlow, build_flow
 
 __all__ = [
     "Transform", "BlockSublayer", "AffineCoupling", "SplineCoupling", "OddSplineCoupling", "ConditionerMLP",
     "Z2Conditioner", "spline_coupling", "block_masks", "make_block", "BLOCK_KINDS", "Prior",
-    "PRIOR_KINDS", "RGFlow", "build_flow",
+    "PRIOR_KINDS", "RGFlow", "build_flow", "HaarBlock", "IdentityBlock", "haar_flow",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
-from nflows.transforms.base import CompositeTransform
+from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.coupling import CouplingTransform, PiecewiseRationalQuadraticCouplingTransform
 from nflows.transforms.splines.rational_quadratic import (
     DEFAULT_MIN_DERIVATIVE,
@@ -226,11 +226,12 @@ def make_block(
     ode_steps: int = 8,
     *,
     couplings: int | None = None,
-) -> CompositeTransform:
+) -> Transform:
     """A block bijection on ``[N, channels * block_size^2]``.
 
     Args:
-        kind: ``"affine"``, ``"spline"`` or ``"ode"``.
+        kind: ``"affine"``, ``"spline"``, ``"ode"`` (trainable) or ``"haar"`` (the fixed orthonormal
+            Haar map of :mod:`rgflow.flows.haar`; decimators only, other arguments ignored).
         block_size: block side ``b``; channels: field components ``C``.
         n_couplings: number of coupling layers (masks alternate, see :func:`block_masks`); for
             ``"ode"`` the number of stacked ODE blocks. (``couplings=`` is its deprecated name.)
@@ -242,6 +243,10 @@ def make_block(
     """
     from rgflow.flows.ode import ODEBlock
 
+    if kind == "haar":  # the fixed orthonormal Haar map (rgflow.flows.haar): no parameters
+        from rgflow.flows.haar import HaarBlock
+
+        return HaarBlock(block_size, channels)
     if couplings is not None:
         deprecated("make_block(couplings=...)", "make_block(n_couplings=...)")
         n_couplings = couplings

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from rgflow.flows import AffineCoupling, BlockSublayer, ConditionerMLP, RGFlow, build_flow, make_block, spline_coupling
+from rgflow.flows import (
+    AffineCoupling, BlockSublayer, ConditionerMLP, RGFlow, build_flow, haar_flow, make_block, spline_coupling,
+)
 from rgflow.flows.couplings import block_masks
 from rgflow.flows.priors import Prior
 from rgflow.layout import Layout
@@ -36,6 +38,10 @@ CASES = {
     "affine-z2-block": lambda: _vector(make_block("affine", 2, 1, n_couplings=4, hidden=8, symmetry="z2")),
     "spline-z2-block": lambda: _vector(make_block("spline", 2, 1, n_couplings=3, hidden=8, symmetry="z2")),
     "mera-ode-L4": lambda: _field(build_flow(Layout(4), block="ode", hidden=8, n_couplings=1, ode_steps=16), 1, 4),
+    "haar-block-b2": lambda: _vector(make_block("haar", 2, 1)),
+    "haar-block-b4-C2": lambda: _vector(make_block("haar", 4, 2)),
+    "haar-flow-L8": lambda: _field(haar_flow(Layout(8)), 1, 8),
+    "haar-flow-b4-C2-L8": lambda: _field(haar_flow(Layout(8, block_size=4), channels=2), 2, 8),
     "mixed-blocks": lambda: _field(
         RGFlow(
             Layout(4),
@@ -48,12 +54,16 @@ CASES = {
 }
 
 
+#: Fixed maps (no parameters): orthonormal instead of identity at init; nothing to perturb.
+FIXED = {name for name in CASES if name.startswith("haar")}
+
+
 def _make(name):
     torch.manual_seed(0)
     case = CASES[name]()
     t = case[1]
     if case[0] == "vector":
-        D = t._transforms[0].features if hasattr(t, "_transforms") else t.features
+        D = t.matrix.shape[0] if name in FIXED else t._transforms[0].features if hasattr(t, "_transforms") else t.features
         shape = (3, D)
     else:
         shape = (3, case[2], case[3], case[3])
@@ -82,12 +92,18 @@ def _perturb(t, scale=0.3):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_identity_at_init(name, float64):
+    """Trainable bijections start as the identity; fixed maps are orthonormal (J J^T = 1, log-det 0)."""
     t, shape = _make(name)
     x = torch.randn(shape)
     y, ld = t(x)
     assert y.shape == x.shape and ld.shape == (shape[0],)
-    torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
     torch.testing.assert_close(ld, torch.zeros_like(ld), atol=1e-12, rtol=0)
+    if name in FIXED:
+        assert sum(p.numel() for p in t.parameters()) == 0
+        J = torch.autograd.functional.jacobian(lambda v: t(v.reshape(1, *shape[1:]))[0].flatten(), x[0].flatten())
+        torch.testing.assert_close(J @ J.T, torch.eye(len(J), dtype=J.dtype), atol=1e-12, rtol=0)
+        return
+    torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -128,6 +144,11 @@ def test_logdet_matches_autograd_jacobian(name, float64):
 @pytest.mark.parametrize("name", list(CASES))
 def test_gradients_reach_every_parameter(name, float64):
     t, shape, x = _perturbed(name)
+    if name in FIXED:  # no parameters; the gradient reaches the input instead
+        x = x.clone().requires_grad_(True)
+        (t(x)[0] ** 2).sum().backward()
+        torch.testing.assert_close(x.grad, 2 * x.detach(), atol=1e-12, rtol=0)  # orthonormal: |y| = |x|
+        return
     if isinstance(t, RGFlow):
         loss = t.log_prob(x).sum() + t.sample(3)[1].sum()
     else:
