@@ -51,7 +51,7 @@ FLOWS = {
     "rgflow": {},
     "rgflow-z2": {"block": "affine", "symmetric": True},
     "flat": {"flow": "flat", "n_couplings": 16, "hidden": 8, "layers": 2, "lr": 1e-3, "batch_size": 64,
-             "schedule": "constant", "learn_level_scale": False},
+             "lr_schedule": "constant", "learn_level_scale": False},
 }
 
 

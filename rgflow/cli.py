@@ -75,7 +75,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     opt.add_argument("--lr", type=float, default=S)
     opt.add_argument("--optimizer", choices=["adam", "adamw"], default=S)
-    opt.add_argument("--schedule", choices=["cosine", "constant"], default=S)
+    opt.add_argument("--lr-schedule", dest="lr_schedule", choices=["cosine", "constant"], default=S,
+                     help="learning-rate schedule")
+    opt.add_argument("--schedule", dest="lr_schedule", choices=["cosine", "constant"], default=S,
+                     action=_DeprecatedFlag, help="deprecated name of --lr-schedule")
     opt.add_argument("--grad-clip", dest="grad_clip", type=float, default=S)
     opt.add_argument("--path-gradient", dest="path_gradient", action="store_true", default=S)
     opt.add_argument("--dtype", choices=["float32", "float64"], default=S)

@@ -12,10 +12,12 @@ Renamed keys (read with a deprecation warning): ``couplings`` as the physics tab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from pathlib import Path
 
 from rgflow.defaults import FLOW_DEFAULTS, deprecated, spline_range
@@ -28,15 +30,91 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
+__all__ = ["LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
 
 COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
 FLOW_KINDS = ("mera", "tebd", "flat")
 
 
+def _choice(cfg, name, allowed):
+    if getattr(cfg, name) not in allowed:
+        raise ValueError(f"{name}={getattr(cfg, name)!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def _positive(cfg, name, integer=True, allow_none=False):
+    v = getattr(cfg, name)
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, int) and not isinstance(v, bool) if integer else isinstance(v, (int, float))
+    if not ok or not math.isfinite(v) or v <= 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"{name}={v!r} is not allowed: must be {kind}")
+
+
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run (see ``rgflow train --help`` for each field)."""
+class LoopConfig:
+    """What the one training loop (:func:`rgflow.train.loop.run_loop`) reads: optimisation, budget
+    and bookkeeping. Every model family's config extends it."""
+
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    grad_clip: float = 10.0
+    dtype: str = "float32"
+    device: str = "cpu"
+    steps: int | None = None
+    minutes: float | None = None
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    eval_samples: int = 1024
+    ckpt_every: int = 500
+    max_bad_steps: int = 20
+    deterministic: bool = False
+
+    #: Config fields that define the model and its target: a checkpoint only loads into a config
+    #: that agrees on all of them.
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def validate_loop(self) -> None:
+        """Raise ``ValueError`` naming the first bad loop field and its allowed values."""
+        _choice(self, "optimizer", ("adam", "adamw"))
+        _choice(self, "lr_schedule", ("cosine", "constant"))
+        _choice(self, "dtype", ("float32", "float64"))
+        for name in ("batch_size", "log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
+            _positive(self, name)
+        _positive(self, "lr", integer=False)
+        _positive(self, "grad_clip", integer=False)
+        _positive(self, "steps", allow_none=True)
+        _positive(self, "minutes", integer=False, allow_none=True)
+        if self.steps is None and self.minutes is None:
+            raise ValueError("a budget is required: set steps (--steps K) or minutes (--minutes M)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict, warn: bool = True):
+        """Build from a dict (TOML, flags, ``config.json``); see :func:`normalize_keys`."""
+        data = normalize_keys(data, warn)
+        names = {f.name for f in fields(cls)}
+        if "params" not in names and not data.get("params"):
+            data.pop("params", None)
+        unknown = set(data) - names
+        if unknown:
+            allowed = sorted(names | (set(COUPLING_NAMES) if "params" in names else set()))
+            raise ValueError(f"unknown config key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Everything that defines a flow's training run (see ``rgflow train --help`` for each field)."""
 
     # physics
     action: str = "phi4"
@@ -59,26 +137,13 @@ class TrainConfig:
     ode_method: str = "rk4"
     ode_steps: int = 8
     ode_kinetic: float = 0.0
-    # optimisation
-    batch_size: int = 64
-    lr: float = 3e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    grad_clip: float = 10.0
     path_gradient: bool = False
-    dtype: str = "float32"
-    device: str = "cpu"
-    # budget and bookkeeping
-    steps: int | None = None
-    minutes: float | None = None
-    seed: int = 0
-    log_every: int = 25
-    eval_every: int = 250
-    eval_samples: int = 1024
-    ckpt_every: int = 500
-    max_bad_steps: int = 20
-    deterministic: bool = False
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = (
+        "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
+        "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "ode_method",
+        "ode_steps",
+    )
 
     def __post_init__(self):
         num_bins, tail_bound = spline_range(self.action)
@@ -91,42 +156,20 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field and its allowed values."""
-
-        def choice(name, allowed):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-
-        def positive(name, integer=True, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            ok = isinstance(v, int) and not isinstance(v, bool) if integer else isinstance(v, (int, float))
-            if not ok or not math.isfinite(v) or v <= 0:
-                kind = "a positive integer" if integer else "a positive number"
-                raise ValueError(f"{name}={v!r} is not allowed: must be {kind}")
-
+        choice = functools.partial(_choice, self)
+        positive = functools.partial(_positive, self)
+        self.validate_loop()
         choice("action", list(ACTION_PARAMS))
         choice("flow", FLOW_KINDS)
         choice("block", BLOCK_KINDS)
         choice("prior", PRIOR_KINDS)
         choice("ode_method", ("rk4", "euler", "midpoint", "dopri5"))
-        choice("optimizer", ("adam", "adamw"))
-        choice("schedule", ("cosine", "constant"))
-        choice("dtype", ("float32", "float64"))
-        for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "batch_size", "ode_steps"):
+        for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "ode_steps"):
             positive(name)
-        for name in ("log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
-            positive(name)
-        positive("lr", integer=False)
-        positive("grad_clip", integer=False)
         positive("tail_bound", integer=False)
         if not (isinstance(self.ode_kinetic, (int, float)) and math.isfinite(self.ode_kinetic) and self.ode_kinetic >= 0):
             raise ValueError(f"ode_kinetic={self.ode_kinetic!r} is not allowed: must be a number >= 0")
-        positive("steps", allow_none=True)
-        positive("minutes", integer=False, allow_none=True)
         positive("depth", allow_none=True)
-        if self.steps is None and self.minutes is None:
-            raise ValueError("a budget is required: set steps (--steps K) or minutes (--minutes M)")
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved
@@ -143,8 +186,6 @@ class TrainConfig:
 
             Layout(self.L, block_size=self.block_size, kind=self.flow, depth=self.depth or (1 if self.flow == "tebd" else None),
                    repeats=self.repeats)
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
 
     @property
     def symmetry(self) -> str | None:
@@ -156,23 +197,6 @@ class TrainConfig:
     def make_action(self) -> Action:
         return make_action(self.action, **self.params)
 
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, warn: bool = True) -> "TrainConfig":
-        """Build from a dict (TOML, flags, ``config.json``); see :func:`normalize_keys`."""
-        data = normalize_keys(data, warn)
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names | set(COUPLING_NAMES)))}")
-        return cls(**data)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
 
 def normalize_keys(data: dict, warn: bool = True) -> dict:
     """Map old key names to current ones and gather flat physics couplings into ``params``.
@@ -182,6 +206,10 @@ def normalize_keys(data: dict, warn: bool = True) -> dict:
     folders written by older versions uses). Flat keys ``m2 = -4`` join the ``params`` table.
     """
     data = dict(data)
+    if data.get("schedule") in ("cosine", "constant"):  # the learning-rate schedule's old name
+        if warn:
+            deprecated("'schedule' for the learning-rate schedule", "'lr_schedule' (--lr-schedule)")
+        data["lr_schedule"] = data.pop("schedule")
     if "couplings" in data:
         old = data.pop("couplings")
         if isinstance(old, dict):

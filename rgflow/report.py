@@ -108,7 +108,7 @@ def _markdown(cfg: TrainConfig, summary: dict, ev: dict, ref: dict, n_params: in
         "",
         f"Flow: {cfg.flow}, {cfg.block} blocks {cfg.block_size}x{cfg.block_size}, {cfg.n_couplings} couplings/block, "
         f"width {cfg.hidden}, {n_params} parameters. Trained {summary['step']} steps in {summary['elapsed']:.0f} s "
-        f"(batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}).",
+        f"(batch {cfg.batch_size}, lr {cfg.lr}, {cfg.lr_schedule}).",
         "",
         f"| diagnostic (N = {ev['n_samples']}) | value |",
         "|---|---|",

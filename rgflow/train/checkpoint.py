@@ -12,15 +12,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "MODEL_KEYS"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
-#: Config fields that define the model and the target; a checkpoint only loads into a config
-#: that agrees on all of them.
-MODEL_KEYS = (
-    "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
-    "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "ode_method", "ode_steps",
-)
 
 
 class CheckpointError(ValueError):
@@ -52,8 +46,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu") -> dict:
-    """Load and validate a checkpoint; with ``config``, also check it matches on :data:`MODEL_KEYS`."""
+def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu", config_cls=None) -> dict:
+    """Load and validate a checkpoint; with ``config``, also check that it agrees on the
+    ``MODEL_KEYS`` of ``config_cls`` (default :class:`rgflow.config.TrainConfig`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
@@ -70,22 +65,23 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
     if not _all_finite(state["model"]):
         raise CheckpointError(f"{path}: checkpoint holds non-finite parameters")
     if config is not None:
-        saved = _resolved_config(path, state["config"])
-        diff = [k for k in MODEL_KEYS if saved.get(k) != config.get(k)]
+        from rgflow.config import TrainConfig
+
+        config_cls = config_cls or TrainConfig
+        saved = _resolved_config(path, state["config"], config_cls)
+        diff = [k for k in config_cls.MODEL_KEYS if saved.get(k) != config.get(k)]
         if diff:
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {config.get(k)!r}" for k in diff)
             raise CheckpointError(f"{path}: checkpoint is from an incompatible config ({detail})")
     return state
 
 
-def _resolved_config(path: Path, saved: dict) -> dict:
+def _resolved_config(path: Path, saved: dict, config_cls) -> dict:
     """The checkpoint's config as the current code resolves it: keys an older version lacked take
     their (action-dependent) defaults, renamed keys their new names."""
-    from rgflow.config import TrainConfig
-
     try:
         data = {k: v for k, v in saved.items() if k != "steps" and k != "minutes"}
-        return TrainConfig.from_dict({**data, "steps": 1}, warn=False).to_dict()
+        return config_cls.from_dict({**data, "steps": 1}, warn=False).to_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint holds an unreadable config ({exc})") from None
 

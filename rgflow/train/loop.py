@@ -1,4 +1,8 @@
-"""The training loop: a plain function from a :class:`~rgflow.config.TrainConfig` to a run folder.
+"""The one training loop: a plain function from a config to a run folder, with pluggable tasks.
+
+:func:`run_loop` trains any :class:`Task` -- a model, a loss module ``forward(batch_size) -> loss``
+and hooks -- under a :class:`~rgflow.config.LoopConfig`; :func:`train` is the reverse-KL flow
+task, :func:`rgflow.diffusion.train.train_diffusion` the denoising-score-matching one.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object
 per logged step, evaluation or event) and ``checkpoint.pt`` (atomic; the previous one is kept
@@ -8,7 +12,7 @@ step budget a killed and resumed run ends with the same parameters as an uninter
 
 Data parallel: under ``torchrun`` every rank draws ``batch_size / world_size`` samples from its
 own stream (:func:`~rgflow.train.distributed.sampler_seed`), the :class:`ReverseKL` module is
-called through the ``DistributedDataParallel`` wrapper (gradients averaged), metrics are
+(the task's loss module) called through the ``DistributedDataParallel`` wrapper (gradients averaged), metrics are
 all-reduced, and only rank 0 writes files. At each checkpoint the ranks compare parameter
 checksums and stop if they ever differ.
 
@@ -27,7 +31,9 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +49,8 @@ from rgflow.train.diagnostics import weight_summary
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 from rgflow.train.loss import ReverseKL
 
-__all__ = ["build_model", "train", "load_run", "TrainingInterrupted", "RunFolderError"]
+__all__ = ["build_model", "train", "run_loop", "Task", "load_run", "read_run_config", "TrainingInterrupted",
+           "RunFolderError"]
 
 log = logging.getLogger("rgflow")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -74,16 +81,30 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
     return flow.to(dtype=_DTYPES[cfg.dtype], device=device or cfg.device)
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, FieldFlow, dict]:
-    """Load ``(config, flow with trained weights, checkpoint state)`` from a run folder."""
+def read_run_config(run_dir: str | Path) -> dict:
+    """The raw ``config.json`` of a run folder (``kind`` names its model family: ``"flow"``, the
+    default of folders written before diffusion runs existed, or ``"diffusion"``)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise RunFolderError(f"{run_dir} is not a run folder (no config.json); create one with `rgflow train --out {run_dir}`")
     try:
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), warn=False)
+        data = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{cfg_path}: not a run configuration")
+    return data
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, FieldFlow, dict]:
+    """Load ``(config, flow with trained weights, checkpoint state)`` from a flow run folder."""
+    run_dir = Path(run_dir)
+    data = read_run_config(run_dir)
+    if data.get("kind", "flow") != "flow":
+        raise RunFolderError(f"{run_dir} is a {data['kind']} run, not a flow run; use `rgflow {data['kind']} ...` "
+                             "commands for it")
+    cfg = TrainConfig.from_dict({k: v for k, v in data.items() if k != "kind"}, warn=False)
     if device is not None:
         cfg.device = device
     ckpt = latest_checkpoint(run_dir)
@@ -95,13 +116,13 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     return cfg, flow, state
 
 
-def _lr_factor(cfg: TrainConfig, progress: float) -> float:
-    if cfg.schedule == "constant":
+def _lr_factor(cfg, progress: float) -> float:
+    if cfg.lr_schedule == "constant":
         return 1.0
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+def _progress(cfg, step: int, elapsed: float) -> float:
     fracs = []
     if cfg.steps is not None:
         fracs.append(step / cfg.steps)
@@ -131,9 +152,9 @@ class _SignalFlag:
             signal.signal(sig, handler)
 
 
-def _make_optimizer(cfg: TrainConfig, flow: FieldFlow) -> torch.optim.Optimizer:
+def _make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -143,30 +164,74 @@ def _quick_eval(flow: FieldFlow, action, n: int, seed: int) -> dict:
     return weight_summary(log_q, action(x), action.lnZ_offset(x.shape[-1]))
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
-    """Train ``cfg`` into ``run_dir``; with ``resume`` continue the run stored there.
+@dataclass
+class Task:
+    """What :func:`run_loop` trains.
 
-    Runs data-parallel when launched by ``torchrun`` (see the module docstring).
+    * ``model`` -- the module whose parameters are optimised, checkpointed and compared across ranks;
+    * ``loss`` -- an ``nn.Module`` with ``forward(batch_size) -> scalar loss`` (called through the
+      DDP wrapper), drawing from ``generator`` (the rank's stream, checkpointed);
+    * ``quick_eval(step)`` -- a small evaluation logged every ``eval_every`` steps (rank 0);
+    * ``log_extras()`` -- extra numbers for each logged step (e.g. the batch ESS), all ranks;
+    * ``after_step()`` -- called after every optimiser step (e.g. an EMA update);
+    * ``extra_state()`` / ``load_extra_state(state)`` -- more checkpointed tensors (e.g. EMA weights).
+    """
+
+    model: torch.nn.Module
+    loss: torch.nn.Module
+    generator: torch.Generator
+    quick_eval: Callable[[int], dict] | None = None
+    log_extras: Callable[[], dict] = lambda: {}
+    after_step: Callable[[], None] = lambda: None
+    extra_state: Callable[[], dict] = lambda: {}
+    load_extra_state: Callable[[dict], None] = lambda state: None
+
+
+def _flow_task(cfg: TrainConfig, ctx: DistContext, device: str) -> Task:
+    """Reverse KL of the flow ``cfg`` describes against its action."""
+    action = cfg.make_action()
+    flow = build_model(cfg, device)
+    gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
+    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic)
+
+    def log_extras() -> dict:
+        log_w = torch.cat(ctx.all_gather(loss_fn.last_log_w)).double().cpu().numpy()
+        return {"ess_batch": effective_sample_size(log_w)}
+
+    return Task(flow, loss_fn, gen, quick_eval=lambda step: _quick_eval(flow, action, cfg.eval_samples, seed=step),
+                log_extras=log_extras)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train the flow ``cfg`` describes by reverse KL into ``run_dir``; with ``resume`` continue
+    the run stored there. Runs data-parallel when launched by ``torchrun`` (module docstring).
 
     Returns:
         ``{"run_dir", "step", "elapsed", "loss", "bad_steps", "rollbacks", "world_size"}``.
     """
+    return run_loop(cfg, run_dir, _flow_task, resume, progress)
+
+
+def run_loop(cfg, run_dir: str | Path, make_task: Callable[..., Task], resume: bool = False,
+             progress: bool | None = None) -> dict:
+    """Train the :class:`Task` that ``make_task(cfg, ctx, device)`` builds, under ``cfg`` (a
+    :class:`~rgflow.config.LoopConfig`), into ``run_dir``; see the module docstring."""
     ctx, device = init_distributed(cfg.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(cfg, Path(run_dir), resume, progress, ctx, device)
+        return _train(cfg, Path(run_dir), resume, progress, ctx, device, make_task)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         ctx.close()
 
 
-def _param_checksum(flow: FieldFlow) -> torch.Tensor:
+def _param_checksum(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return torch.stack([(p.double() * (1 + torch.arange(p.numel(), device=p.device).reshape(p.shape) % 7)).sum()
-                            for p in flow.parameters()]).sum().reshape(1)
+                            for p in model.parameters()]).sum().reshape(1)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None, ctx: DistContext, device: str) -> dict:
+def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistContext, device: str, make_task) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
     previous = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if resume and previous is None:
@@ -179,9 +244,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
         torch.use_deterministic_algorithms(True)
 
     torch.manual_seed(cfg.seed)
-    action = cfg.make_action()
-    flow = build_model(cfg, device)
-    saved = load_checkpoint(previous, cfg.to_dict(), map_location=device) if resume else None  # validate first
+    task = make_task(cfg, ctx, device)
+    flow, gen = task.model, task.generator
+    config_cls = type(cfg)
+    saved = load_checkpoint(previous, cfg.to_dict(), device, config_cls) if resume else None  # validate first
     if ctx.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,17 +256,16 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
             raise RunFolderError(f"cannot write to run folder {run_dir}: {exc.strerror}") from None
     ctx.barrier()
 
-    gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
-    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic)
-    model = loss_fn
+    model = task.loss
     if ctx.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=[ctx.local_rank] if "cuda" in device else None)
+        model = torch.nn.parallel.DistributedDataParallel(task.loss, device_ids=[ctx.local_rank] if "cuda" in device else None)
     opt = _make_optimizer(cfg, flow)
     n = {"step": 0, "elapsed": 0.0, "bad_steps": 0, "rollbacks": 0, "lr_scale": 1.0}
 
     def restore(state: dict) -> None:
         flow.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        task.load_extra_state(state.get("extra", {}))
         for key in n:
             n[key] = type(n[key])(state.get(key, n[key]))
         streams = state.get("rng", {}).get("sampler", [])
@@ -217,7 +282,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
         streams = [t.cpu() for t in ctx.all_gather(gen.get_state().to(device if "cuda" in device else "cpu"))]
         if ctx.is_main:
             save_checkpoint(ckpt_path, {"model": flow.state_dict(), "optimizer": opt.state_dict(), **n,
-                                        "config": cfg.to_dict(), "rng": {"sampler": streams}})
+                                        "config": cfg.to_dict(), "rng": {"sampler": streams},
+                                        "extra": task.extra_state()})
             metrics.write(json.dumps({"step": n["step"], "event": "checkpoint", "param_checksums": sums}) + "\n")
             metrics.flush()
         ctx.barrier()
@@ -268,7 +334,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                             f"{consecutive_bad} consecutive non-finite steps before any checkpoint; lower lr (now {cfg.lr})"
                         )
                     elapsed = n["elapsed"]  # time spent stays spent
-                    restore(load_checkpoint(last, cfg.to_dict(), map_location=device))
+                    restore(load_checkpoint(last, cfg.to_dict(), device, config_cls))
                     n["elapsed"] = elapsed
                     n["lr_scale"] *= 0.5
                     n["rollbacks"] += 1
@@ -277,20 +343,20 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | None,
                     metrics.write(json.dumps({"step": n["step"], "event": "rollback", "lr_scale": n["lr_scale"]}) + "\n")
                 continue
             opt.step()
+            task.after_step()
             consecutive_bad = 0
             n["step"] += 1
             step = n["step"]
             bar.update(1)
             if step % cfg.log_every == 0:
                 loss_value = float(ctx.all_reduce(loss.detach().double().reshape(1))) / ctx.world_size
-                log_w = torch.cat(ctx.all_gather(loss_fn.last_log_w)).double().cpu().numpy()
-                rec = {"step": step, "time": round(n["elapsed"], 3), "loss": loss_value,
-                       "ess_batch": effective_sample_size(log_w), "lr": lr, "grad_norm": float(grad_norm)}
+                rec = {"step": step, "time": round(n["elapsed"], 3), "loss": loss_value, **task.log_extras(),
+                       "lr": lr, "grad_norm": float(grad_norm)}
                 metrics.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{loss_value:.3f}", ess=f"{rec['ess_batch']:.2f}")
-            if step % cfg.eval_every == 0 and ctx.is_main:
+                bar.set_postfix(loss=f"{loss_value:.3f}", **({"ess": f"{rec['ess_batch']:.2f}"} if "ess_batch" in rec else {}))
+            if step % cfg.eval_every == 0 and ctx.is_main and task.quick_eval is not None:
                 metrics.write(json.dumps({"step": step, "time": round(n["elapsed"], 3),
-                                          "eval": _quick_eval(flow, action, cfg.eval_samples, seed=step)}) + "\n")
+                                          "eval": task.quick_eval(step)}) + "\n")
                 metrics.flush()
             if step % cfg.ckpt_every == 0:
                 checkpoint(metrics)

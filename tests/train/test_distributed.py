@@ -13,7 +13,7 @@ from rgflow.train import ReverseKL, build_model, train
 from rgflow.train.distributed import sampler_seed
 
 CFG = dict(action="phi4", L=4, block="affine", hidden=8, n_couplings=2, batch_size=8, steps=6, log_every=1,
-           ckpt_every=3, eval_every=10**6, schedule="constant", dtype="float64", seed=5, learn_level_scale=True)
+           ckpt_every=3, eval_every=10**6, lr_schedule="constant", dtype="float64", seed=5, learn_level_scale=True)
 
 
 def _free_port() -> int:
@@ -70,8 +70,9 @@ def test_single_process_run_is_rank0_of_the_same_scheme(tmp_path):
 
 def test_batch_must_split_evenly_over_ranks(tmp_path):
     from rgflow.train.distributed import DistContext
-    from rgflow.train.loop import _train
+    from rgflow.train.loop import _flow_task, _train
 
     with pytest.raises(ValueError, match="batch_size=7 must be a multiple of the number of processes \\(2\\)"):
-        _train(TrainConfig(**{**CFG, "batch_size": 7}), tmp_path / "r", False, False, DistContext(0, 2, 0), "cpu")
+        _train(TrainConfig(**{**CFG, "batch_size": 7}), tmp_path / "r", False, False, DistContext(0, 2, 0), "cpu",
+               _flow_task)
     assert not (tmp_path / "r").exists()
