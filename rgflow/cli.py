@@ -1,6 +1,6 @@
 """``rgflow`` command line: builds a config and calls plain functions; nothing else.
 
-Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``demo``. Each is also a Python function
+Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``diffuse`` (:mod:`rgflow.diffusion.cli`), ``demo``. Each is also a Python function
 (:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
 :func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--save-every", type=int, default=10,
                     help="with --out, keep every K-th configuration of every chain in the .npz (0: none)")
     _physics_arguments(mc)
+    from rgflow.diffusion.cli import add_parser as add_diffuse_parser
+
+    add_diffuse_parser(sub, _Parser)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
     de.add_argument("--minutes", type=float, default=4.0, help="training budget")
@@ -148,10 +151,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- run folder (with --resume) <- TOML file <- command-line flags."""
     data: dict = {}
     if args.resume:
+        from rgflow.train.loop import read_run_config
+
         cfg_path = Path(args.out) / "config.json"
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {args.out} is not a run folder (no config.json)")
-        data.update(json.loads(cfg_path.read_text()))
+        data.update(read_run_config(args.out))
+        if data.pop("kind", "flow") != "flow":
+            raise ValueError(f"cannot resume: {args.out} is a diffusion run; use `rgflow diffuse train --resume`")
     if args.config:
         data.update(load_toml(args.config))
     data = normalize_keys(data, warn=not args.resume or bool(args.config))
@@ -284,6 +291,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "mcmc":
         return _mcmc(args)
+    if args.command == "diffuse":
+        from rgflow.diffusion.cli import run as run_diffuse
+
+        return run_diffuse(args)
     if args.command == "demo":
         from rgflow.report import run_demo
 

@@ -6,7 +6,9 @@ Two producers write the same format, atomically (temporary file + rename):
   ``keep_every``-th state of every chain (chain-major, ``chain`` gives the chain of each row),
   plus the primaries' full time series ``series_<name>`` ``[chains, n]``;
 * ``rgflow sample RUN --out samples.npz`` (:func:`save_flow_samples`): independent flow samples
-  ``fields`` with ``log_q`` and ``S``, so ``log_w = -S - log_q`` reweights them to ``exp(-S)``.
+  ``fields`` with ``log_q`` and ``S``, so ``log_w = -S - log_q`` reweights them to ``exp(-S)``;
+* ``rgflow diffuse sample RUN --out samples.npz`` (:func:`save_samples`): independent diffusion
+  samples ``fields`` with ``S`` and ``nfe`` (no exact ``log_q``: not reweightable).
 
 Both carry ``action`` (name), ``params`` (JSON of the couplings), ``L`` and ``source``.
 :func:`load_ensemble` reads either, validates it and rebuilds the action.
@@ -23,7 +25,7 @@ from zipfile import BadZipFile
 import numpy as np
 import torch
 
-__all__ = ["Ensemble", "save_chain", "save_flow_samples", "load_ensemble", "check_npz_path"]
+__all__ = ["Ensemble", "save_chain", "save_flow_samples", "save_samples", "load_ensemble", "check_npz_path"]
 
 
 def check_npz_path(path: str | Path, flag: str = "--out") -> Path:
@@ -63,6 +65,15 @@ def save_chain(res, path: str | Path, action, L: int) -> Path:
     return _write_npz(path, fields=fields, chain=chain, keep_every=res.keep_every,
                       **{f"series_{k}": v for k, v in res.series.items()}, sampler=res.sampler,
                       acceptance=res.acceptance, **_metadata(action, L, f"mcmc:{res.sampler}"))
+
+
+def save_samples(path: str | Path, x: torch.Tensor, action, L: int, source: str, **extra) -> Path:
+    """Write independent samples ``x`` with their action ``S`` (and e.g. ``log_q``, ``nfe``)."""
+    path = check_npz_path(path)
+    with torch.no_grad():
+        S = action(x.double()).cpu().numpy()
+    arrays = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
+    return _write_npz(path, fields=x.cpu().numpy(), S=S, **arrays, **_metadata(action, L, source))
 
 
 def save_flow_samples(path: str | Path, x: torch.Tensor, log_q: torch.Tensor, S: torch.Tensor, action, L: int,

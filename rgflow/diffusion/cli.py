@@ -1,0 +1,125 @@
+"""``rgflow diffuse {train,sample}``: builds a config, calls plain functions (:mod:`rgflow.cli` style)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub, parser_class) -> None:
+    """Add ``diffuse`` with its ``train`` and ``sample`` subcommands to the ``rgflow`` parser."""
+    from rgflow.diffusion.network import NET_SPACES
+    from rgflow.diffusion.sampler import SAMPLER_KINDS
+    from rgflow.diffusion.train import NOISE_SCHEDULES
+
+    S = argparse.SUPPRESS
+    diffuse = sub.add_parser("diffuse", help="diffusion models in RG coordinates (train, sample)")
+    dsub = diffuse.add_subparsers(dest="diffuse_command", required=True, parser_class=parser_class)
+    tr = dsub.add_parser("train", help="denoising score matching on an ensemble .npz")
+    tr.add_argument("--data", default=S, help="ensemble from `rgflow mcmc ... --out` or `rgflow sample`")
+    tr.add_argument("--schedule", dest="noise_schedule", choices=list(NOISE_SCHEDULES), default=S,
+                    help="rg: fine levels erased first (per-level log-SNR offset --delta); standard: Delta = 0")
+    tr.add_argument("--coords", default=S, help="RG coordinates: haar (default) or a trained flow run folder")
+    tr.add_argument("--delta", type=float, default=S, help="per-level log-SNR offset (rg default 4, standard 0)")
+    tr.add_argument("--level-scale", dest="level_scale", choices=["level", "global"], default=S,
+                    help="scale each level by its ensemble RMS (rg default) or all by one number (standard)")
+    tr.add_argument("--net-space", dest="net_space", choices=list(NET_SPACES), default=S)
+    tr.add_argument("--width", type=int, default=S, help="U-Net width")
+    tr.add_argument("--depth", type=int, default=S, help="U-Net down/up stages")
+    tr.add_argument("--ema", type=float, default=S, help="EMA decay of the weights used for sampling")
+    tr.add_argument("--holdout", type=float, default=S, help="held-out fraction of the ensemble (fixed by --seed)")
+    tr.add_argument("--no-augment", dest="augment", action="store_false", default=S,
+                    help="no random lattice shifts / sign flips of the training fields")
+    for flag, kind in (("--batch-size", int), ("--lr", float), ("--steps", int), ("--minutes", float), ("--seed", int),
+                       ("--eval-every", int), ("--ckpt-every", int)):
+        tr.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
+    tr.add_argument("--dtype", choices=["float32", "float64"], default=S)
+    tr.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    tr.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+    sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
+    sa.add_argument("run")
+    sa.add_argument("--nfe", type=int, required=True, help="network evaluations per sample (the one knob)")
+    sa.add_argument("-n", type=int, required=True, help="number of samples")
+    sa.add_argument("--sampler", choices=list(SAMPLER_KINDS), default="ode",
+                    help="ode: Heun on the probability-flow ODE; sde: Euler-Maruyama on the reverse SDE")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--batch-size", type=int, default=1024)
+    sa.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    sa.add_argument("--out", help="write the samples to this .npz (the ensemble format of `rgflow sample`)")
+
+
+_NOT_CONFIG = {"command", "diffuse_command", "out", "resume", "dry_run"}
+
+
+def _train(args) -> int:
+    import logging
+
+    from rgflow.diffusion.train import DiffusionConfig, config_for_ensemble, train_diffusion
+    from rgflow.train.loop import RunFolderError, read_run_config
+
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if args.resume:
+        saved = read_run_config(args.out)
+        if saved.get("kind", "flow") != "diffusion":
+            raise RunFolderError(f"cannot resume: {args.out} is a flow run, not a diffusion run")
+        cfg = DiffusionConfig.from_dict({**saved, **options}, warn=False)
+    else:
+        if "data" not in options:
+            raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
+        if "steps" not in options and "minutes" not in options:
+            options["minutes"] = 5.0
+        cfg = config_for_ensemble(options.pop("data"), **options)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    summary = train_diffusion(cfg, args.out, resume=args.resume)
+    logging.getLogger("rgflow").info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from rgflow.diffusion.sampler import sample_fields, steps_for_nfe
+    from rgflow.diffusion.train import load_diffusion_run
+    from rgflow.ensemble import check_npz_path, save_samples
+    from rgflow.physics.observables import estimate_observables
+    from rgflow.stats import format_value_error as fmt
+
+    steps_for_nfe(args.nfe, args.sampler)  # validates --nfe and --sampler before any work
+    if args.n < 2:
+        raise ValueError(f"-n must be >= 2 (errors need two samples), got {args.n}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    out = check_npz_path(args.out) if args.out else None
+    cfg, model, action, _ = load_diffusion_run(args.run)
+    gen = torch.Generator(device=cfg.device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    x, nfe = sample_fields(model, args.n, args.nfe, args.sampler, gen, args.batch_size)
+    seconds = time.perf_counter() - t0
+    est = estimate_observables(action.measurement_field(x.double(), torch.Generator(device=cfg.device).manual_seed(args.seed + 1)))
+    res = {"run": str(args.run), "action": action.name, "params": dict(action.params), "L": cfg.L,
+           "schedule": cfg.noise_schedule, "sampler": args.sampler, "nfe": nfe, "n_samples": args.n,
+           "seconds": seconds, "observables": {k: v.to_list() for k, v in est.items()}}
+    if out is not None:
+        save_samples(out, x, action, cfg.L, f"diffusion:{args.sampler}", nfe=nfe, step=0)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{action.name} {dict(action.params)} L={cfg.L}: {args.n} samples, {args.sampler} sampler, {nfe} network "
+          f"evaluations each ({cfg.noise_schedule} schedule), {seconds:.2f} s")
+    for name, (v, e) in res["observables"].items():
+        print(f"  {name:<10} {fmt(v, e):>16}")
+    return 0
+
+
+def run(args) -> int:
+    """Dispatch ``rgflow diffuse ...``."""
+    if args.diffuse_command == "train":
+        return _train(args)
+    return _sample(args)
+

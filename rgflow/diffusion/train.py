@@ -1,0 +1,243 @@
+r"""Denoising score matching in RG coordinates, through the one training loop.
+
+``train_diffusion(cfg, run_dir)`` builds a :class:`~rgflow.train.loop.Task` -- the
+:class:`DiffusionModel` (coordinates, schedule, denoiser), the :class:`DenoisingLoss` module
+(``forward(batch_size) -> loss``: a minibatch of the training split, randomly shifted and, for
+actions with the symmetry, sign-flipped; ``t ~ U(0, 1)``; EDM's weighted loss) and an EMA of the
+weights -- and runs :func:`~rgflow.train.loop.run_loop`: the same run folder, ``config.json``
+(with ``"kind": "diffusion"``), ``metrics.jsonl`` (held-out loss at every evaluation), atomic
+checkpoints, ``--resume``, signals, non-finite guard, progress bar and DDP as flow training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from rgflow.config import LoopConfig
+from rgflow.diffusion.coords import SCALINGS, RGCoordinates
+from rgflow.diffusion.network import NET_SPACES, EMA, Denoiser
+from rgflow.diffusion.schedule import RGSchedule
+from rgflow.train.distributed import sampler_seed
+
+__all__ = ["DiffusionConfig", "DiffusionModel", "DenoisingLoss", "train_diffusion", "load_diffusion_run",
+           "config_for_ensemble", "split_ensemble", "NOISE_SCHEDULES"]
+
+NOISE_SCHEDULES = ("rg", "standard")
+#: Per-level log-SNR offset of the RG schedule when --delta is not given.
+DEFAULT_DELTA = 4.0
+_Z2_ACTIONS = ("free", "phi4", "phi4-hopping", "ising")
+
+
+@dataclass
+class DiffusionConfig(LoopConfig):
+    """A diffusion model's training run (``rgflow diffuse train --help``).
+
+    ``noise_schedule`` ``"rg"`` means ``delta`` = :data:`DEFAULT_DELTA` and per-level scaling
+    unless given; ``"standard"`` means ``delta = 0`` and one global scale.
+    """
+
+    kind: str = "diffusion"
+    data: str = ""
+    action: str = ""
+    params: dict = field(default_factory=dict)
+    L: int = 0
+    coords: str = "haar"
+    noise_schedule: str = "rg"
+    delta: float | None = None
+    level_scale: str | None = None
+    logsnr_max: float = 10.0
+    logsnr_min: float = -10.0
+    width: int = 32
+    depth: int = 3
+    net_space: str | None = None
+    ema: float = 0.999
+    holdout: float = 0.1
+    augment: bool = True
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "noise_schedule", "delta", "level_scale", "logsnr_max",
+                                             "logsnr_min", "width", "depth", "net_space")
+
+    def __post_init__(self):
+        rg = self.noise_schedule == "rg"
+        if self.delta is None:
+            self.delta = DEFAULT_DELTA if rg else 0.0
+        if self.level_scale is None:
+            self.level_scale = "level" if rg else "global"
+        if self.net_space is None:
+            self.net_space = "field" if self.coords == "haar" else "latent"
+        self.validate()
+
+    def validate(self) -> None:
+        self.validate_loop()
+        if self.kind != "diffusion":
+            raise ValueError(f"kind={self.kind!r} is not a diffusion run")
+        for name, allowed in (("noise_schedule", NOISE_SCHEDULES), ("level_scale", SCALINGS),
+                              ("net_space", NET_SPACES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
+        if not self.data:
+            raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"delta={self.delta!r} is not allowed: must be a number >= 0")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout={self.holdout!r} is not allowed: a fraction in (0, 1)")
+        for name in ("width", "depth"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be a positive integer")
+
+
+def split_ensemble(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed train / held-out indices of an ensemble of ``n`` configurations (by ``seed``)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = max(1, int(round(holdout * n)))
+    if n - k < 1:
+        raise ValueError(f"the ensemble has {n} configuration(s): too few to hold out {k} and train")
+    return perm[k:], perm[:k]
+
+
+def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str = "cpu") -> RGCoordinates:
+    """``"haar"`` or a flow run folder -> :class:`RGCoordinates` (unfitted scale)."""
+    from rgflow.flows.haar import haar_flow
+    from rgflow.layout import Layout
+    from rgflow.train import load_run
+
+    if spec == "haar":
+        flow = haar_flow(Layout(L), channels)
+    else:
+        cfg, flow, _ = load_run(spec, device=device)
+        if cfg.L != L or flow.channels != channels or not hasattr(flow, "layout"):
+            raise ValueError(f"--coords {spec}: a hierarchical flow run for L={L} with {channels} channel(s) is "
+                             f"needed, got flow={cfg.flow!r}, L={cfg.L}, channels={flow.channels}")
+    return RGCoordinates(flow, scaling)
+
+
+class DiffusionModel(nn.Module):
+    """Coordinates (with the fitted scale), schedule and denoiser of one diffusion run."""
+
+    def __init__(self, cfg: DiffusionConfig, L: int, channels: int, device: str = "cpu"):
+        super().__init__()
+        self.coords = make_coordinates(cfg.coords, L, channels, cfg.level_scale, device)
+        self.schedule = RGSchedule(self.coords.n_levels, cfg.delta, cfg.logsnr_max, cfg.logsnr_min)
+        self.denoiser = Denoiser(self.coords, cfg.width, cfg.depth, cfg.net_space)
+
+
+class DenoisingLoss(nn.Module):
+    """``forward(batch_size) -> loss``: EDM-weighted denoising score matching on the training split."""
+
+    def __init__(self, model: DiffusionModel, fields: torch.Tensor, augment_sign: bool, augment_shift: bool,
+                 generator: torch.Generator):
+        super().__init__()
+        self.model, self.fields, self.generator = model, fields, generator
+        self.augment_sign, self.augment_shift = augment_sign, augment_shift
+
+    def _batch(self, batch_size: int) -> torch.Tensor:
+        g, dev = self.generator, self.fields.device
+        x = self.fields[torch.randint(len(self.fields), (batch_size,), generator=g, device=dev)]
+        if self.augment_shift:  # the target is translation invariant; the coordinates are not
+            L = x.shape[-1]
+            shifts = torch.randint(L, (2,), generator=g, device=dev).tolist()
+            x = torch.roll(x, shifts, dims=(-2, -1))
+        if self.augment_sign:
+            x = x * (2 * torch.randint(2, (batch_size, 1, 1, 1), generator=g, device=dev) - 1).to(x)
+        return x
+
+    def per_sample(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.model.coords.to_coords(x)[0]
+        return self.model.denoiser.loss(y, self.model.schedule.sigma(t), eps)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        x = self._batch(batch_size)
+        t = torch.rand(batch_size, dtype=x.dtype, device=x.device, generator=self.generator)
+        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        return self.per_sample(x, t, eps).mean()
+
+
+def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
+    from rgflow.ensemble import load_ensemble
+    from rgflow.train.loop import Task
+
+    ens = load_ensemble(cfg.data)
+    if (ens.action.name, dict(ens.action.params), ens.L) != (cfg.action, cfg.params, cfg.L):
+        raise ValueError(f"--data {cfg.data}: the ensemble ({ens.action.name} {dict(ens.action.params)} L={ens.L}) is not "
+                         f"the one this run was trained on ({cfg.action} {cfg.params} L={cfg.L})")
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    fields = ens.fields.to(device=device, dtype=dtype)
+    train_idx, test_idx = split_ensemble(len(fields), cfg.holdout, cfg.seed)
+    model = DiffusionModel(cfg, cfg.L, ens.action.channels, device).to(device=device, dtype=dtype)
+    model.coords.fit_scale(fields[train_idx])
+    gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
+    sign = cfg.augment and ens.action.name in _Z2_ACTIONS
+    loss = DenoisingLoss(model, fields[train_idx], sign, cfg.augment, gen)
+    ema = EMA(model.denoiser, cfg.ema)
+    held_out = fields[test_idx][:cfg.eval_samples]
+
+    @torch.no_grad()
+    def quick_eval(step: int) -> dict:
+        """Held-out loss on a fixed grid of t (the same noise every time), EMA weights."""
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        t = torch.linspace(0.05, 0.95, 10, dtype=dtype, device=device).repeat_interleave(len(held_out))
+        x = held_out.repeat(10, 1, 1, 1)
+        eps = torch.randn(x.shape, dtype=dtype, device=device, generator=g)
+        y = model.coords.to_coords(x)[0]
+        return {"heldout_loss": float(ema.shadow.loss(y, model.schedule.sigma(t), eps).mean()),
+                "n_heldout": len(held_out)}
+
+    def load_extra(state: dict) -> None:
+        if "ema" in state:
+            ema.shadow.load_state_dict(state["ema"])
+
+    return Task(model, loss, gen, quick_eval=quick_eval, after_step=ema.update,
+                extra_state=lambda: {"ema": ema.shadow.state_dict()}, load_extra_state=load_extra)
+
+
+def train_diffusion(cfg: DiffusionConfig, run_dir: str | Path, resume: bool = False,
+                    progress: bool | None = None) -> dict:
+    """Train the diffusion model ``cfg`` describes into ``run_dir`` (see the module docstring)."""
+    from rgflow.train.loop import run_loop
+
+    return run_loop(cfg, run_dir, _diffusion_task, resume, progress)
+
+
+def load_diffusion_run(run_dir: str | Path, device: str | None = None):
+    """``(config, model with the EMA denoiser weights, the action, checkpoint state)``."""
+    from rgflow.physics.models import make_action
+    from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint
+    from rgflow.train.loop import RunFolderError, read_run_config
+
+    data = read_run_config(run_dir)
+    if data.get("kind", "flow") != "diffusion":
+        raise RunFolderError(f"{run_dir} is a flow run, not a diffusion run; use `rgflow eval/sample/mcmc` for it, "
+                             "or train one with `rgflow diffuse train`")
+    cfg = DiffusionConfig.from_dict(data, warn=False)
+    if device is not None:
+        cfg.device = device
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
+    state = load_checkpoint(ckpt, cfg.to_dict(), cfg.device, DiffusionConfig)
+    action = make_action(cfg.action, **cfg.params)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    model = DiffusionModel(cfg, cfg.L, action.channels, cfg.device).to(device=cfg.device, dtype=dtype)
+    model.load_state_dict(state["model"])
+    if "ema" in state.get("extra", {}):
+        model.denoiser.load_state_dict(state["extra"]["ema"])
+    model.eval()
+    return cfg, model, action, state
+
+
+def config_for_ensemble(data: str, **options) -> DiffusionConfig:
+    """A :class:`DiffusionConfig` for the ensemble ``data`` (its action, couplings and ``L``)."""
+    from rgflow.ensemble import load_ensemble
+    from rgflow.layout import Layout
+
+    ens = load_ensemble(data)
+    Layout(ens.L)  # the Haar hierarchy (block size 2) must fit the ensemble's lattice
+    return DiffusionConfig(data=str(data), action=ens.action.name, params=dict(ens.action.params), L=ens.L, **options)
