@@ -1,6 +1,7 @@
 """``rgflow`` command line: builds a config and calls plain functions; nothing else.
 
-Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``diffuse`` (:mod:`rgflow.diffusion.cli`), ``demo``. Each is also a Python function
+Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``diffuse`` (:mod:`rgflow.diffusion.cli`), ``probe``
+(:mod:`rgflow.holography.cli`), ``demo``. Each is also a Python function
 (:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
 :func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rgflow.diffusion.cli import add_parser as add_diffuse_parser
 
     add_diffuse_parser(sub, _Parser)
+    from rgflow.holography.cli import add_parser as add_probe_parser
+
+    add_probe_parser(sub)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
     de.add_argument("--minutes", type=float, default=4.0, help="training budget")
@@ -291,6 +295,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "mcmc":
         return _mcmc(args)
+    if args.command == "probe":
+        from rgflow.holography.cli import run as run_probe
+
+        return run_probe(args)
     if args.command == "diffuse":
         from rgflow.diffusion.cli import run as run_diffuse
 

@@ -9,7 +9,7 @@ from rgflow.cli import main
 from rgflow.diffusion.sampler import GaussianDenoiser, sample_fields
 from rgflow.diffusion.train import DenoisingLoss, DiffusionModel, config_for_ensemble, load_diffusion_run
 from rgflow.ensemble import load_ensemble, save_samples
-from rgflow.physics import free_field_two_point, make_action
+from rgflow.physics import make_action
 
 L, M2 = 8, 0.5
 
