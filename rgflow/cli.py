@@ -94,6 +94,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, help="checkpoint every K steps")
     budget.add_argument("--deterministic", action="store_true", default=S,
                         help="deterministic algorithms (with --steps, a killed and resumed run is bit-identical)")
+    p.add_argument("--data", default=S, help="train by maximum likelihood (forward KL) on this ensemble .npz "
+                   "(from `rgflow mcmc ... --out`); the action, couplings and L are the ensemble's")
+    p.add_argument("--holdout", type=float, default=S, help="held-out fraction of --data (fixed by --seed)")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
@@ -171,7 +174,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data.update(flags)
     if "steps" not in data and "minutes" not in data:
         data["minutes"] = 5.0
+    if data.get("data") and not args.resume:
+        params = _physics_of_ensemble(data, params, flags)
     return TrainConfig.from_dict({**data, "params": params})
+
+
+def _physics_of_ensemble(data: dict, params: dict, flags: dict) -> dict:
+    """``--data``: the action, couplings and L come from the ensemble (conflicting flags are an error)."""
+    from rgflow.ensemble import load_ensemble
+
+    ens = load_ensemble(data["data"])
+    given = {"action": flags.get("action"), "L": flags.get("L")}
+    if (given["action"] not in (None, ens.action.name)) or (given["L"] not in (None, ens.L)) or \
+            any(ens.action.params.get(k) != v for k, v in params.items()):
+        raise ValueError(f"--data {data['data']} holds {ens.action.name} {dict(ens.action.params)} L={ens.L}; "
+                         "do not give other physics flags with it")
+    data["action"], data["L"] = ens.action.name, ens.L
+    for key in ("num_bins", "tail_bound"):  # resolved for the ensemble's action unless set
+        if key not in flags:
+            data.pop(key, None)
+    return dict(ens.action.params)
 
 
 def _format_eval(res: dict) -> str:

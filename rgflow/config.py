@@ -138,6 +138,9 @@ class TrainConfig(LoopConfig):
     ode_steps: int = 8
     ode_kinetic: float = 0.0
     path_gradient: bool = False
+    # training from data (forward KL) instead of from the action
+    data: str | None = None
+    holdout: float = 0.1
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
@@ -170,6 +173,8 @@ class TrainConfig(LoopConfig):
         if not (isinstance(self.ode_kinetic, (int, float)) and math.isfinite(self.ode_kinetic) and self.ode_kinetic >= 0):
             raise ValueError(f"ode_kinetic={self.ode_kinetic!r} is not allowed: must be a number >= 0")
         positive("depth", allow_none=True)
+        if not (isinstance(self.holdout, (int, float)) and 0 < self.holdout < 1):
+            raise ValueError(f"holdout={self.holdout!r} is not allowed: a fraction in (0, 1)")
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved

@@ -25,7 +25,8 @@ from zipfile import BadZipFile
 import numpy as np
 import torch
 
-__all__ = ["Ensemble", "save_chain", "save_flow_samples", "save_samples", "load_ensemble", "check_npz_path"]
+__all__ = ["Ensemble", "FieldBatches", "split_ensemble", "save_chain", "save_flow_samples", "save_samples",
+           "load_ensemble", "check_npz_path"]
 
 
 def check_npz_path(path: str | Path, flag: str = "--out") -> Path:
@@ -124,3 +125,33 @@ def load_ensemble(path: str | Path) -> Ensemble:
         log_w = -torch.from_numpy(data["S"]).double() - torch.from_numpy(data["log_q"]).double()
     source = str(data["source"]) if "source" in data else ("flow" if log_w is not None else "mcmc")
     return Ensemble(fields, action, L, source, log_w)
+
+
+def split_ensemble(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed ``(train, held-out)`` indices of an ensemble of ``n`` configurations (by ``seed``)."""
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout={holdout!r} is not allowed: a fraction in (0, 1)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = max(1, int(round(holdout * n)))
+    if n - k < 1:
+        raise ValueError(f"the ensemble has {n} configuration(s): too few to hold out {k} and train")
+    return perm[k:], perm[:k]
+
+
+class FieldBatches:
+    """Random minibatches of an ensemble ``fields [N, C, L, L]`` with the target's symmetries as
+    augmentation: a random periodic shift of the whole batch (``shift``) and a random sign per
+    field (``sign``, for actions invariant under ``phi -> -phi``). ``__call__(batch_size)``."""
+
+    def __init__(self, fields: torch.Tensor, generator: torch.Generator, shift: bool = True, sign: bool = True):
+        self.fields, self.generator, self.shift, self.sign = fields, generator, shift, sign
+
+    def __call__(self, batch_size: int) -> torch.Tensor:
+        g, dev = self.generator, self.fields.device
+        x = self.fields[torch.randint(len(self.fields), (batch_size,), generator=g, device=dev)]
+        if self.shift:
+            shifts = torch.randint(x.shape[-1], (2,), generator=g, device=dev).tolist()
+            x = torch.roll(x, shifts, dims=(-2, -1))
+        if self.sign:
+            x = x * (2 * torch.randint(2, (batch_size, 1, 1, 1), generator=g, device=dev) - 1).to(x)
+        return x

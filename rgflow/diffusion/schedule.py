@@ -56,6 +56,11 @@ class RGSchedule:
         lam = self.logsnr(t)
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
+    def time_of(self, logsnr: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The ``t`` at which level ``level`` has log-SNR ``logsnr`` (clamped to ``[0, 1]``)."""
+        base = logsnr - self.delta * level
+        return ((self.logsnr_max - base) / self.span).clamp(0.0, 1.0)
+
     def active_window(self, level: int) -> tuple[float, float]:
         """The ``t`` interval in which level ``level`` is being noised (its log-SNR moves)."""
         start = level * self.delta / self.span  # base(t) + l Delta leaves logsnr_max

@@ -25,12 +25,11 @@ from rgflow.diffusion.schedule import RGSchedule
 from rgflow.train.distributed import sampler_seed
 
 __all__ = ["DiffusionConfig", "DiffusionModel", "DenoisingLoss", "train_diffusion", "load_diffusion_run",
-           "config_for_ensemble", "split_ensemble", "NOISE_SCHEDULES"]
+           "config_for_ensemble", "NOISE_SCHEDULES"]
 
 NOISE_SCHEDULES = ("rg", "standard")
 #: Per-level log-SNR offset of the RG schedule when --delta is not given.
 DEFAULT_DELTA = 4.0
-_Z2_ACTIONS = ("free", "phi4", "phi4-hopping", "ising")
 
 
 @dataclass
@@ -84,22 +83,13 @@ class DiffusionConfig(LoopConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
         if not self.data:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
-        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"delta={self.delta!r} is not allowed: must be a number >= 0")
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout={self.holdout!r} is not allowed: a fraction in (0, 1)")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"delta={self.delta!r} is not allowed: must be a number >= 0")
         for name in ("width", "depth"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be a positive integer")
-
-
-def split_ensemble(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed train / held-out indices of an ensemble of ``n`` configurations (by ``seed``)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    k = max(1, int(round(holdout * n)))
-    if n - k < 1:
-        raise ValueError(f"the ensemble has {n} configuration(s): too few to hold out {k} and train")
-    return perm[k:], perm[:k]
 
 
 def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str = "cpu") -> RGCoordinates:
@@ -129,24 +119,20 @@ class DiffusionModel(nn.Module):
 
 
 class DenoisingLoss(nn.Module):
-    """``forward(batch_size) -> loss``: EDM-weighted denoising score matching on the training split."""
+    """``forward(batch_size) -> loss``: EDM-weighted denoising score matching on minibatches drawn
+    by ``batches`` (a :class:`~rgflow.ensemble.FieldBatches` of the training split).
 
-    def __init__(self, model: DiffusionModel, fields: torch.Tensor, augment_sign: bool, augment_shift: bool,
-                 generator: torch.Generator):
+    Noise levels as in EDM, where the denoiser can learn: for every sample a random level ``l`` and
+    a log-SNR ``lambda ~ N(LOGSNR_MEAN, LOGSNR_STD^2)`` for it, i.e. ``t = schedule.time_of(lambda, l)``
+    (the other levels follow the schedule). Uniform ``t`` would spend most samples where every
+    level is either clean or pure noise and the loss cannot be lowered.
+    """
+
+    LOGSNR_MEAN, LOGSNR_STD = 1.0, 3.0
+
+    def __init__(self, model: DiffusionModel, batches, generator: torch.Generator):
         super().__init__()
-        self.model, self.fields, self.generator = model, fields, generator
-        self.augment_sign, self.augment_shift = augment_sign, augment_shift
-
-    def _batch(self, batch_size: int) -> torch.Tensor:
-        g, dev = self.generator, self.fields.device
-        x = self.fields[torch.randint(len(self.fields), (batch_size,), generator=g, device=dev)]
-        if self.augment_shift:  # the target is translation invariant; the coordinates are not
-            L = x.shape[-1]
-            shifts = torch.randint(L, (2,), generator=g, device=dev).tolist()
-            x = torch.roll(x, shifts, dims=(-2, -1))
-        if self.augment_sign:
-            x = x * (2 * torch.randint(2, (batch_size, 1, 1, 1), generator=g, device=dev) - 1).to(x)
-        return x
+        self.model, self.batches, self.generator = model, batches, generator
 
     def per_sample(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -154,14 +140,17 @@ class DenoisingLoss(nn.Module):
         return self.model.denoiser.loss(y, self.model.schedule.sigma(t), eps)
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        x = self._batch(batch_size)
-        t = torch.rand(batch_size, dtype=x.dtype, device=x.device, generator=self.generator)
+        x = self.batches(batch_size)
+        g, schedule = self.generator, self.model.schedule
+        level = torch.randint(schedule.n_levels, (batch_size,), generator=g, device=x.device).to(x.dtype)
+        lam = self.LOGSNR_MEAN + self.LOGSNR_STD * torch.randn(batch_size, dtype=x.dtype, device=x.device, generator=g)
+        t = schedule.time_of(lam, level)
         eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
         return self.per_sample(x, t, eps).mean()
 
 
 def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
-    from rgflow.ensemble import load_ensemble
+    from rgflow.ensemble import FieldBatches, load_ensemble, split_ensemble
     from rgflow.train.loop import Task
 
     ens = load_ensemble(cfg.data)
@@ -174,8 +163,8 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
     model = DiffusionModel(cfg, cfg.L, ens.action.channels, device).to(device=device, dtype=dtype)
     model.coords.fit_scale(fields[train_idx])
     gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
-    sign = cfg.augment and ens.action.name in _Z2_ACTIONS
-    loss = DenoisingLoss(model, fields[train_idx], sign, cfg.augment, gen)
+    batches = FieldBatches(fields[train_idx], gen, shift=cfg.augment, sign=cfg.augment and ens.action.sign_symmetric)
+    loss = DenoisingLoss(model, batches, gen)
     ema = EMA(model.denoiser, cfg.ema)
     held_out = fields[test_idx][:cfg.eval_samples]
 

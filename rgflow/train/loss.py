@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from rgflow.flows.rgflow import FieldFlow
 
-__all__ = ["ReverseKL"]
+__all__ = ["ReverseKL", "ForwardKL"]
 
 
 class _LogProb(nn.Module):
@@ -76,3 +76,18 @@ class ReverseKL(nn.Module):
     def _kinetic(self, batch_size: int) -> torch.Tensor:
         """``sum_blocks int |f|^2 dt`` per sample, from the ODE blocks' last pass: ``[B]``."""
         return sum(b.kinetic.reshape(batch_size, -1).sum(1) for b in self._ode_blocks)
+
+
+class ForwardKL(nn.Module):
+    """Maximum likelihood: ``forward(batch_size) -> -E_data[ln q(x)]`` on minibatches ``batches(batch_size)``
+    (a :class:`~rgflow.ensemble.FieldBatches` of an ensemble's training split). Its minimum over
+    ``q`` is the data's entropy, ``KL(p_data || q) = loss - H(p_data) >= 0``."""
+
+    def __init__(self, flow: FieldFlow, batches):
+        super().__init__()
+        self.flow, self.batches = flow, batches
+        self._log_prob = _LogProb(flow)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        x = self.batches(batch_size)
+        return -self._log_prob(x).mean()

@@ -8,7 +8,7 @@ import torch
 from rgflow.cli import main
 from rgflow.diffusion.sampler import GaussianDenoiser, sample_fields
 from rgflow.diffusion.train import DenoisingLoss, DiffusionModel, config_for_ensemble, load_diffusion_run
-from rgflow.ensemble import load_ensemble, save_samples
+from rgflow.ensemble import FieldBatches, load_ensemble, save_samples
 from rgflow.physics import make_action
 
 L, M2 = 8, 0.5
@@ -54,7 +54,8 @@ def test_a_briefly_trained_denoiser_moves_toward_the_analytic_one(free_ensemble)
         return total
 
     before = distance()
-    loss = DenoisingLoss(model, x, True, True, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    loss = DenoisingLoss(model, FieldBatches(x, gen), gen)
     opt = torch.optim.Adam(model.denoiser.parameters(), lr=2e-3)
     for _ in range(300):
         opt.zero_grad()
