@@ -109,7 +109,13 @@ def bulk_correlators(z: torch.Tensor, coords: torch.Tensor, L: int, n_blocks: in
 
 
 def _ksg(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
-    """KSG estimator 1 of I(a; b) for samples ``a [N, da]``, ``b [N, db]`` (max-norm)."""
+    """KSG estimator 1 of I(a; b) for samples ``a [N, da]``, ``b [N, db]`` (max-norm).
+
+    Markov chains repeat states (rejected steps): ties are broken by a jitter of 1e-10 standard
+    deviations (fixed seed), as scikit-learn does, else a zero k-th distance gives digamma(0)."""
+    gen = torch.Generator().manual_seed(0)
+    a = a + 1e-10 * a.std() * torch.randn(a.shape, dtype=a.dtype, generator=gen)
+    b = b + 1e-10 * b.std() * torch.randn(b.shape, dtype=b.dtype, generator=gen)
     N = a.shape[0]
     da, db = torch.cdist(a, a, p=float("inf")), torch.cdist(b, b, p=float("inf"))
     joint = torch.maximum(da, db)
@@ -124,9 +130,11 @@ def _ksg(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
 
 def ksg_mutual_information(z: torch.Tensor, pairs: list[tuple[int, int]], k: int = 3, max_samples: int = 2000) -> list:
     """KSG mutual information ``[value, error]`` of latent pairs ``(i, j)`` (``z [S, C, V]``): the
-    estimate on up to ``max_samples`` evenly spaced samples; the error from four disjoint quarters."""
+    estimate on up to ``max_samples`` evenly spaced samples, every second one at least (KSG assumes
+    independent samples; a Markov chain repeats its state after a rejection), the error from four
+    disjoint quarters."""
     z = z.double()
-    step = max(1, z.shape[0] // max_samples)
+    step = max(2, z.shape[0] // max_samples)
     zs = z[::step][:max_samples]
     out = []
     for i, j in pairs:

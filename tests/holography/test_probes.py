@@ -111,3 +111,16 @@ def test_probe_bad_input(complex_run, tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_ksg_mutual_information_of_correlated_gaussians_with_repeated_states():
+    """KSG against the exact Gaussian MI -1/2 ln(1 - rho^2), on a 'chain' whose states repeat."""
+    from rgflow.holography import ksg_mutual_information
+
+    rho = 0.8
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(1000, dtype=torch.float64, generator=gen)
+    b = rho * a + math.sqrt(1 - rho**2) * torch.randn(1000, dtype=torch.float64, generator=gen)
+    z = torch.stack([a, b], dim=1)[:, None, :].repeat_interleave(2, dim=0)  # every state twice
+    (value, error), = ksg_mutual_information(z, [(0, 1)])
+    assert math.isfinite(value) and abs(value - (-0.5 * math.log(1 - rho**2))) < 0.1
