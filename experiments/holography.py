@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 from common import ROOT, add_output_arguments, machine  # noqa: E402
 
 from rgflow.config import TrainConfig  # noqa: E402
-from rgflow.holography import probe  # noqa: E402
+from rgflow.holography.probe import probe, target_samples  # noqa: E402
 from rgflow.mcmc.run import run_sampler, summarize  # noqa: E402
 from rgflow.physics.models import make_action  # noqa: E402
 from rgflow.stats import format_value_error  # noqa: E402
-from rgflow.train import train  # noqa: E402
+from rgflow.train import load_run, train  # noqa: E402
 
 LAM = 1.0
 KAPPAS = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70)
@@ -141,9 +141,11 @@ def main() -> None:
                                                          "config": cfg.to_dict()}
                 save()
             if "probe" in stages:
+                cfg, flow, _ = load_run(run)  # one set of exact-target samples, probed in both coordinates
+                samples = target_samples(flow, cfg.make_action(), "latent-hmc", args.n, 16, args.seed, 100)
                 for coords in ("flow", "haar"):
                     res = probe(run, n=args.n, chains=16, coords=coords, seed=args.seed,
-                                out_dir=work / f"probe-{phase}-{coords}")
+                                out_dir=work / f"probe-{phase}-{coords}", samples=samples)
                     result.setdefault("probes", {})[f"{phase}-{coords}"] = res
                     print(f"{phase} {coords}: total MI {format_value_error(*res['total_mi_gaussian'])}, preferred "
                           f"{res['geometry'].get('preferred')}", flush=True)

@@ -24,12 +24,12 @@ import torch  # noqa: E402
 from rgflow.holography.correlators import boundary_correlator, bulk_correlators, ksg_mutual_information  # noqa: E402
 from rgflow.holography.geometry import fit_geometry, hyperbolic_distance  # noqa: E402
 
-__all__ = ["probe", "PROBE_SAMPLERS", "fit_boundary"]
+__all__ = ["probe", "target_samples", "PROBE_SAMPLERS", "fit_boundary"]
 
 PROBE_SAMPLERS = ("latent-hmc", "imh")
 
 
-def _target_fields(flow, action, sampler: str, n: int, chains: int, seed: int, warmup: int) -> tuple[torch.Tensor, dict]:
+def target_samples(flow, action, sampler: str, n: int, chains: int, seed: int, warmup: int) -> tuple[torch.Tensor, dict]:
     """Chains of boundary fields ``[chains, n_used, C, L, L]`` under the exact target, and their stats."""
     from rgflow.mcmc.run import run_sampler, summarize
 
@@ -107,8 +107,11 @@ def _nearest_pairs(coords: torch.Tensor, L: int) -> list[tuple[int, int]]:
 
 
 def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "latent-hmc", coords: str = "flow",
-          seed: int = 0, warmup: int = 100, out_dir: str | Path | None = None) -> dict:
-    """All probes of a trained flow run (module docstring); figures into ``out_dir`` if given."""
+          seed: int = 0, warmup: int = 100, out_dir: str | Path | None = None, samples: tuple | None = None) -> dict:
+    """All probes of a trained flow run (module docstring); figures into ``out_dir`` if given.
+
+    ``samples``: the ``(fields, summary)`` of :func:`target_samples` for this run, to probe the same
+    samples in other coordinates without sampling again."""
     from rgflow.flows.haar import haar_flow
     from rgflow.train import load_run
 
@@ -122,7 +125,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
     if not hasattr(flow, "layout") or flow.layout.kind != "mera":
         raise ValueError(f"{run}: probes need a hierarchical MERA flow (a bulk with levels), got flow={cfg.flow!r}")
     action, layout = cfg.make_action(), flow.layout
-    x, summary = _target_fields(flow, action, sampler, n, chains, seed, warmup)
+    x, summary = samples if samples is not None else target_samples(flow, action, sampler, n, chains, seed, warmup)
     ref = next(flow.parameters())
     R = flow if coords == "flow" else haar_flow(layout, flow.channels).to(dtype=ref.dtype, device=ref.device)
     S = x.shape[0] * x.shape[1]
