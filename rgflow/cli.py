@@ -1,7 +1,7 @@
 """``rgflow`` command line: builds a config and calls plain functions; nothing else.
 
 Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``diffuse`` (:mod:`rgflow.diffusion.cli`), ``probe``
-(:mod:`rgflow.holography.cli`), ``demo``. Each is also a Python function
+(:mod:`rgflow.holography.cli`), ``images`` (:mod:`rgflow.images.cli`), ``demo``. Each is also a Python function
 (:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
 :func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rgflow.holography.cli import add_parser as add_probe_parser
 
     add_probe_parser(sub)
+    from rgflow.images.cli import add_parser as add_images_parser
+
+    add_images_parser(sub, _Parser)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
     de.add_argument("--minutes", type=float, default=4.0, help="training budget")
@@ -164,8 +167,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {args.out} is not a run folder (no config.json)")
         data.update(read_run_config(args.out))
-        if data.pop("kind", "flow") != "flow":
-            raise ValueError(f"cannot resume: {args.out} is a diffusion run; use `rgflow diffuse train --resume`")
+        kind = data.pop("kind", "flow")
+        if kind != "flow":
+            tool = "diffuse" if kind == "diffusion" else kind
+            raise ValueError(f"cannot resume: {args.out} is a {kind} run; use `rgflow {tool} train --resume`")
     if args.config:
         data.update(load_toml(args.config))
     data = normalize_keys(data, warn=not args.resume or bool(args.config))
@@ -325,6 +330,10 @@ def _run(args: argparse.Namespace) -> int:
         from rgflow.diffusion.cli import run as run_diffuse
 
         return run_diffuse(args)
+    if args.command == "images":
+        from rgflow.images.cli import run as run_images
+
+        return run_images(args)
     if args.command == "demo":
         from rgflow.report import run_demo
 

@@ -167,6 +167,23 @@ class Layout:
         local = torch.arange(self.block_sites).reshape(self.block_size, self.block_size)
         return local[::2, ::2].flatten()
 
+    def light_cone(self, mask: torch.Tensor) -> torch.Tensor:
+        """Latent sites whose value can change the boundary sites in ``mask``: ``bool [L, L] -> bool [L, L]``.
+
+        Generation applies the sublayers coarse to fine, and a block's outputs depend on all its
+        inputs, so the dependency set of ``mask`` grows by every block that meets it, sublayer by
+        sublayer from the finest (the causal cone of Hu et al. 2020, O(log L) latents per level
+        beyond the mask's own size). Latents outside the cone have ``dx_mask/dz = 0`` exactly; inside it
+        the dependence is generic (exact when every block output depends on every block input).
+        """
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (self.L, self.L):
+            raise ValueError(f"mask must be a bool tensor of shape [{self.L}, {self.L}]")
+        cone = mask.flatten().clone()
+        for sub in self.sublayers:
+            hit = cone[sub.index].any(dim=1)  # [n_blocks]
+            cone[sub.index[hit].flatten()] = True
+        return cone.reshape(self.L, self.L)
+
     def bulk_coordinates(self) -> torch.Tensor:
         """``[V, 3]`` rows ``(level, x, y)`` of every latent, in :meth:`split` order."""
         idx = torch.cat(self.level_sites)

@@ -102,7 +102,8 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     run_dir = Path(run_dir)
     data = read_run_config(run_dir)
     if data.get("kind", "flow") != "flow":
-        raise RunFolderError(f"{run_dir} is a {data['kind']} run, not a flow run; use `rgflow diffuse ...` for it")
+        tool = {"diffusion": "rgflow diffuse", "images": "rgflow images"}.get(data["kind"], "rgflow")
+        raise RunFolderError(f"{run_dir} is a {data['kind']} run, not a lattice flow run; use `{tool} ...` for it")
     cfg = TrainConfig.from_dict({k: v for k, v in data.items() if k != "kind"}, warn=False)
     if device is not None:
         cfg.device = device

@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_exit_2(free_ensemble, tmp_path, capsys):
         (["diffuse", "train", "--steps", "2", "--out", str(tmp_path / "a")], "--data is required"),
         (["diffuse", "sample", str(diff_run), "--nfe", "0", "-n", "4"], "--nfe must be a positive integer"),
         (["diffuse", "sample", str(flow_run), "--nfe", "4", "-n", "4"], "is a flow run, not a diffusion run"),
-        (["eval", str(diff_run)], "is a diffusion run, not a flow run"),
+        (["eval", str(diff_run)], "is a diffusion run, not a lattice flow run"),
         (["sample", str(diff_run), "-n", "3", "--out", str(tmp_path / "x.npz")], "is a diffusion run"),
         (["mcmc", str(diff_run), "--sampler", "imh"], "is a diffusion run"),
         (["train", "--out", str(diff_run), "--resume"], "is a diffusion run"),
