@@ -9,7 +9,11 @@ Stages (``--stages train,eval,demos``; each reads what the previous wrote):
   processes can share the work (pin each to a core: ``taskset -c K``, ``OMP_NUM_THREADS=1``);
 * ``eval`` -- ``rgflow images eval --draws 4`` of every run, learning curves from ``metrics.jsonl``;
 * ``demos`` -- mixing grid with the nearest-neighbour label check (MNIST), receptive fields,
-  coarse-to-fine strip, inpainting (light cone against all latents), temperature samples.
+  coarse-to-fine strip, inpainting (light cone against all latents), temperature samples;
+* ``lattice`` -- the same flow on a lattice ensemble: phi^4 8x8 at the tutorial point (m^2 = -4,
+  lam = 8), an HMC ensemble, then forward KL (``rgflow train --data``) against reverse KL at equal
+  wall time, both judged by held-out NLL per site and by ESS against the action
+  (``rgflow images eval``), and the demos on the forward-KL run (the physics analogue).
 
     OMP_NUM_THREADS=1 taskset -c 0 python experiments/benchmark_images.py --stages train --models rg-b2-normal,...
     python experiments/benchmark_images.py --stages eval,demos
@@ -17,17 +21,13 @@ Stages (``--stages train,eval,demos``; each reads what the previous wrote):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, add_output_arguments, machine  # noqa: E402
-
-from rgflow.cli import main as rgflow_main  # noqa: E402
+from common import ROOT, add_output_arguments, machine, rgflow_cli as _cli  # noqa: E402
 
 MODELS = {
     "rg-b2-normal": ["--flow", "mera", "--block-size", "2", "--prior", "normal"],
@@ -40,15 +40,6 @@ DATASETS = {"mnist": ["--holdout", "0.1"], "faces": ["--holdout", "0.2"]}
 #: Published full-data numbers, for reference only (GPU-days, full MNIST / CelebA).
 REFERENCE = {"MNIST (full, 28x28 dequantised)": {"RealNVP": 1.06, "Glow": 1.05, "FFJORD": 0.99, "Residual Flow": 0.97},
              "RG-Flow re-implementation": {"ellipses 32x32": 1.85, "CelebA 32x32": 3.72}}
-
-
-def _cli(args: list[str]) -> dict:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = rgflow_main(args)
-    if code != 0:
-        raise RuntimeError(f"rgflow {' '.join(args)} exited with {code}")
-    return json.loads(out.getvalue()) if "--json" in args else {}
 
 
 def _train(work: Path, datasets, models, minutes: float, seed: int) -> None:
@@ -113,6 +104,27 @@ def _demos(work: Path, results: dict, figures: Path) -> dict:
     return out
 
 
+def _lattice(work: Path, minutes: float, seed: int, figures: Path) -> dict:
+    physics = ["--action", "phi4", "--L", "8", "--m2", "-4", "--lam", "8"]
+    ens = work / "phi4-hmc.npz"
+    rec = {"hmc": _cli(["mcmc", "--sampler", "hmc", *physics, "--n", "2000", "--chains", "16", "--save-every", "4",
+                        "--seed", str(seed), "--out", str(ens), "--json"])}
+    for name, extra in (("forward_kl", ["--data", str(ens)]), ("reverse_kl", physics)):
+        run = work / f"phi4-{name}"
+        if not (run / "checkpoint.pt").exists():
+            _cli(["train", *extra, "--minutes", str(minutes), "--seed", str(seed), "--out", str(run)])
+        rec[name] = _cli(["images", "eval", str(run), "--samples", "16384", "--json"])
+        print(f"phi4 8x8 {name}: ESS {rec[name]['ess']:.4f}, lnZ {rec[name]['lnZ']:.4f}({rec[name]['lnZ_err']:.4f})"
+              + (f", held-out NLL/site {rec[name]['nll_per_site']:.4f}" if "nll_per_site" in rec[name] else ""), flush=True)
+    run, tmp = work / "phi4-forward_kl", work / "phi4-figures"
+    for demo, args in (("mix", ["--pairs", "4"]), ("rf", ["-n", "16"]), ("inpaint", ["--images", "4", "--steps", "200"])):
+        rec[demo] = _cli(["images", demo, str(run), *args, "--out", str(tmp), "--json"])
+        dst = figures / f"images_{Path(rec[demo]['figure']).stem}_phi4.png"
+        shutil.copy(rec[demo]["figure"], dst)
+        rec[demo]["figure"] = str(dst.relative_to(ROOT.parent))
+    return rec
+
+
 def _figure(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -139,7 +151,7 @@ def _figure(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_output_arguments(p, "images")
-    p.add_argument("--stages", default="train,eval,demos")
+    p.add_argument("--stages", default="train,eval,demos,lattice")
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--minutes", type=float, default=5.0, help="training wall time per run")
@@ -156,7 +168,9 @@ def main() -> None:
         _figure(record["results"], Path(args.figure))
     if "demos" in stages:
         record["demos"] = _demos(work, record["results"], Path(args.figure).parent)
-    if "eval" in stages or "demos" in stages:
+    if "lattice" in stages:
+        record["lattice"] = _lattice(work, 3.0, args.seed, Path(args.figure).parent)
+    if set(stages) & {"eval", "demos", "lattice"}:
         out.write_text(json.dumps(record, indent=1) + "\n")
 
 

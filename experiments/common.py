@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import platform
 from pathlib import Path
@@ -24,3 +27,15 @@ def machine() -> dict:
     """CPU count, torch version and threads, platform: stored beside every timing."""
     return {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "processor": platform.processor()}
+
+
+def rgflow_cli(args: list[str]) -> dict:
+    """Run ``rgflow ARGS`` in this process; the parsed JSON it printed (with ``--json``), else ``{}``."""
+    from rgflow.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in args])
+    if code != 0:
+        raise RuntimeError(f"rgflow {' '.join(map(str, args))} exited with {code}")
+    return json.loads(out.getvalue()) if "--json" in args else {}

@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--step-size", dest="step_size", type=float, default=None,
                     help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
     mc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    mc.add_argument("--nfe", type=int, default=32, help="diffusion run: network evaluations per IMH proposal")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
@@ -251,8 +252,19 @@ def _mcmc(args: argparse.Namespace) -> int:
     if args.run:
         if physics:
             raise ValueError(f"--{next(iter(physics))} cannot be combined with a run folder: the run fixes the physics")
-        cfg, flow, _ = load_run(args.run, device=args.device)
-        action, L = cfg.make_action(), cfg.L
+        from rgflow.train.loop import read_run_config
+
+        if read_run_config(args.run).get("kind", "flow") == "diffusion":
+            from rgflow.diffusion.train import load_diffusion_run
+
+            if args.sampler != "imh":
+                raise ValueError(f"--sampler {args.sampler} needs a flow run; a diffusion run supports --sampler imh "
+                                 "(independent proposals from the PF-ODE sampler with exact density)")
+            cfg, flow, action, _ = load_diffusion_run(args.run, device=args.device, nfe=args.nfe)
+        else:
+            cfg, flow, _ = load_run(args.run, device=args.device)
+            action = cfg.make_action()
+        L = cfg.L
     else:
         action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
         L = physics.get("L", 8)

@@ -1,9 +1,11 @@
-"""``rgflow diffuse {train,sample}``: builds a config, calls plain functions (:mod:`rgflow.cli` style)."""
+"""``rgflow diffuse {train,eval,sample}``: builds a config, calls plain functions (:mod:`rgflow.cli` style)."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
+
+from rgflow.diffusion.sampler import steps_for_nfe
 
 __all__ = ["add_parser", "run"]
 
@@ -22,6 +24,9 @@ def add_parser(sub, parser_class) -> None:
     tr.add_argument("--schedule", dest="noise_schedule", choices=list(NOISE_SCHEDULES), default=S,
                     help="rg: fine levels erased first (per-level log-SNR offset --delta); standard: Delta = 0")
     tr.add_argument("--coords", default=S, help="RG coordinates: haar (default) or a trained flow run folder")
+    tr.add_argument("--levels", type=_levels, default=S,
+                    help="K: diffuse only the latents of levels >= K of --coords RUN; the finer ones keep the "
+                         "flow's prior (the hybrid); default 0: all")
     tr.add_argument("--delta", type=float, default=S, help="per-level log-SNR offset (rg default 4, standard 0)")
     tr.add_argument("--level-scale", dest="level_scale", choices=["level", "global"], default=S,
                     help="scale each level by its ensemble RMS (rg default) or all by one number (standard)")
@@ -40,6 +45,12 @@ def add_parser(sub, parser_class) -> None:
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     tr.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+    ev = dsub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables from the exact PF-ODE density")
+    ev.add_argument("run")
+    ev.add_argument("--nfe", type=int, default=32, help="network evaluations of the deterministic sampler")
+    ev.add_argument("--samples", type=int, default=1024)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (keys of rgflow eval)")
     sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
     sa.add_argument("run")
     sa.add_argument("--nfe", type=int, required=True, help="network evaluations per sample (the one knob)")
@@ -53,6 +64,35 @@ def add_parser(sub, parser_class) -> None:
 
 
 _NOT_CONFIG = {"command", "diffuse_command", "out", "resume", "dry_run"}
+
+
+def _levels(text: str) -> int:
+    """``"K:"`` or ``"K"`` -> ``K`` (levels ``>= K`` are diffused)."""
+    try:
+        k = int(text[:-1] if text.endswith(":") else text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"must be K: or K with an integer K >= 0 (levels >= K diffused), got {text!r}")
+    return k
+
+
+def _eval(args) -> int:
+    from rgflow.cli import _format_eval
+    from rgflow.diffusion.train import load_diffusion_run
+    from rgflow.train.diagnostics import evaluate
+
+    if args.samples < 2:
+        raise ValueError(f"--samples must be >= 2, got {args.samples}")
+    steps_for_nfe(args.nfe, "ode")
+    cfg, model, action, _ = load_diffusion_run(args.run, nfe=args.nfe)
+    t0 = time.perf_counter()
+    res = evaluate(model, action, args.samples, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    res.update(nfe=args.nfe, seconds=seconds, seconds_per_sample=seconds / args.samples, levels=cfg.levels,
+               schedule=cfg.noise_schedule)
+    print(json.dumps(res) if args.json else _format_eval(res))
+    return 0
 
 
 def _train(args) -> int:
@@ -84,7 +124,7 @@ def _train(args) -> int:
 def _sample(args) -> int:
     import torch
 
-    from rgflow.diffusion.sampler import sample_fields, steps_for_nfe
+    from rgflow.diffusion.sampler import sample_fields
     from rgflow.diffusion.train import load_diffusion_run
     from rgflow.ensemble import check_npz_path, save_samples
     from rgflow.physics.observables import estimate_observables
@@ -121,5 +161,7 @@ def run(args) -> int:
     """Dispatch ``rgflow diffuse ...``."""
     if args.diffuse_command == "train":
         return _train(args)
+    if args.diffuse_command == "eval":
+        return _eval(args)
     return _sample(args)
 

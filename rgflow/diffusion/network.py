@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "Denoiser", "EMA", "NET_SPACES"]
+__all__ = ["UNet", "MLPNet", "Denoiser", "EMA", "NET_SPACES"]
 
 NET_SPACES = ("field", "latent")
 
@@ -79,13 +79,33 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+class MLPNet(nn.Module):
+    """``F(h [B, D], cond [B, n_cond]) -> [B, D]`` for a few diffused coarse latents (``levels > 0``):
+    ``depth`` SiLU layers of ``width`` units on ``(h, cond)``, the last layer zero-initialised."""
+
+    def __init__(self, dim: int, n_cond: int, width: int = 128, depth: int = 3):
+        super().__init__()
+        dims = [dim + n_cond] + [width] * depth
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.body, self.out = nn.Sequential(*layers), nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(torch.cat([h, cond], dim=1)))
+
+
 class Denoiser(nn.Module):
     """EDM-preconditioned ``D(v, sigma_levels)`` on scaled RG coordinates (module docstring).
 
     Args:
         coords: the :class:`~rgflow.diffusion.coords.RGCoordinates` (levels, map to the field).
-        width, depth: U-Net width and number of down/up stages (at most ``log2(L) - 1``).
-        net_space: ``"field"`` or ``"latent"``.
+        width, depth: U-Net width and number of down/up stages (at most ``log2(L) - 1``); when only
+            the coarse levels are diffused (``coords.levels > 0``) an :class:`MLPNet` of ``4 width`` units
+            and ``depth`` layers on the flattened diffused latents.
+        net_space: ``"field"`` or ``"latent"`` (U-Net only).
     """
 
     def __init__(self, coords, width: int = 32, depth: int = 3, net_space: str = "field"):
@@ -93,10 +113,14 @@ class Denoiser(nn.Module):
         if net_space not in NET_SPACES:
             raise ValueError(f"net_space={net_space!r} is not allowed; allowed: {', '.join(NET_SPACES)}")
         L, C = coords.layout.L, coords.flow.channels
-        max_depth = int(math.log2(L & -L)) - 1  # pooling by 2 while the side stays even and >= 2
-        self.depth = max(1, min(depth, max_depth))
         self.coords, self.net_space = coords, net_space
         n_lev = coords.n_levels
+        if coords.levels > 0:
+            self.depth = depth
+            self.net = MLPNet(math.prod(coords.shape), n_lev, 4 * width, depth)
+            return
+        max_depth = int(math.log2(L & -L)) - 1  # pooling by 2 while the side stays even and >= 2
+        self.depth = max(1, min(depth, max_depth))
         extra = n_lev if net_space == "latent" else 0
         self.net = UNet(C + extra, C, n_lev, width, self.depth)
 
@@ -107,9 +131,11 @@ class Denoiser(nn.Module):
         c_skip, c_out = 1 / (sigma**2 + 1), sigma * c_in
         cond = torch.log(sigma_levels) / 4
         h = c_in * v
-        if self.net_space == "field":
-            out = self.coords.flow.inverse(h)[0]
-            out = self.coords.flow(self.net(out, cond))[0]
+        if self.coords.levels > 0:
+            out = self.net(h.flatten(1), cond).reshape(v.shape)
+        elif self.net_space == "field":
+            out = self.coords.flow.apply(h, inverse=True)[0]
+            out = self.coords.flow.apply(self.net(out, cond))[0]
         else:
             onehot = F.one_hot(self.coords.level_of_site, self.coords.n_levels).permute(2, 0, 1).to(v)
             out = self.net(torch.cat([h, onehot.expand(len(v), -1, -1, -1)], dim=1), cond)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_coords", "sample_fields", "steps_for_nfe", "GaussianDenoiser", "SAMPLER_KINDS"]
+__all__ = ["sample_coords", "sample_fields", "steps_for_nfe", "time_grid", "heun_step", "GaussianDenoiser",
+           "SAMPLER_KINDS"]
 
 SAMPLER_KINDS = ("ode", "sde")
 
@@ -30,49 +31,63 @@ def steps_for_nfe(nfe: int, kind: str) -> int:
     return (nfe + 1) // 2 if kind == "ode" else nfe
 
 
+def time_grid(schedule, coords, N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t [N + 1], sigma [N + 1, n_levels] with sigma_N = 0, alpha(1) [1, n_levels])`` in the
+    coordinates' dtype and device."""
+    ref = coords.scale
+    ts = torch.linspace(1.0, 0.0, N + 1, dtype=ref.dtype, device=ref.device)
+    sig = schedule.sigma(ts)
+    sig[-1] = 0.0
+    return ts, sig, schedule.alpha_sigma(ts[:1])[0]
+
+
+def heun_step(denoiser, coords, v: torch.Tensor, s_i: torch.Tensor, s_next: torch.Tensor, last: bool) -> torch.Tensor:
+    """One deterministic PF-ODE step ``v(sigma_i) -> v(sigma_{i+1})`` (Heun; Euler when ``last``).
+    ``s_i, s_next``: per-level noise ``[B, n_levels]``. A pure function of ``v``: the exact sampler
+    differentiates it."""
+    m_i, m_next = coords.sigma_map(s_i), coords.sigma_map(s_next)
+    d = (v - denoiser(v, s_i)) / m_i
+    v_next = v + (m_next - m_i) * d
+    if last:
+        return v_next
+    d2 = (v_next - denoiser(v_next, s_next)) / m_next
+    return v + (m_next - m_i) * (d + d2) / 2
+
+
 @torch.no_grad()
 def sample_coords(denoiser, schedule, coords, n: int, nfe: int, kind: str = "ode",
                   generator: torch.Generator | None = None, snapshots: int = 0):
-    """Draw ``n`` samples of the scaled RG coordinates ``y`` with at most ``nfe`` evaluations.
+    """Draw ``n`` samples of the diffused scaled RG coordinates ``w`` with at most ``nfe`` evaluations.
 
     Args:
-        denoiser: callable ``D(v [B, C, L, L], sigma_levels [B, n_levels]) -> [B, C, L, L]``.
+        denoiser: callable ``D(v [B, *coords.shape], sigma_levels [B, n_levels]) -> v.shape``.
         schedule: an :class:`~rgflow.diffusion.schedule.RGSchedule`; coords: the
             :class:`~rgflow.diffusion.coords.RGCoordinates` (level map, shape, dtype, device).
         snapshots: keep this many intermediate ``v`` (evenly spaced in steps) for figures.
 
     Returns:
-        ``(y [n, C, L, L], nfe_used, [(t, v), ...])``.
+        ``(w [n, *coords.shape], nfe_used, [(t, v), ...])``.
     """
     N = steps_for_nfe(nfe, kind)
+    ts, sig, alpha1 = time_grid(schedule, coords, N)
     ref = coords.scale
-    C, L = coords.flow.channels, coords.layout.L
-    ts = torch.linspace(1.0, 0.0, N + 1, dtype=ref.dtype, device=ref.device)
-    sig = schedule.sigma(ts)  # [N + 1, n_levels]
-    sig[-1] = 0.0
-    alpha1 = schedule.alpha_sigma(ts[:1])[0]  # [1, n_levels]
-    y1 = torch.randn(n, C, L, L, dtype=ref.dtype, device=ref.device, generator=generator)
+    y1 = torch.randn(n, *coords.shape, dtype=ref.dtype, device=ref.device, generator=generator)
     v = y1 / coords.sigma_map(alpha1)
     used, keep = 0, []
     every = max(N // snapshots, 1) if snapshots else 0
     for i in range(N):
         s_i, s_next = sig[i].expand(n, -1), sig[i + 1].expand(n, -1)
-        m_i, m_next = coords.sigma_map(s_i), coords.sigma_map(s_next)
-        D = denoiser(v, s_i)
-        used += 1
         if kind == "sde":
+            m_i, m_next = coords.sigma_map(s_i), coords.sigma_map(s_next)
+            D = denoiser(v, s_i)
             var = (m_i**2 - m_next**2).clamp_min(0)
             v = v + var * (D - v) / m_i**2
             if i < N - 1:
                 v = v + var.sqrt() * torch.randn(v.shape, dtype=v.dtype, device=v.device, generator=generator)
+            used += 1
         else:
-            d = (v - D) / m_i
-            v_next = v + (m_next - m_i) * d
-            if i < N - 1:  # Heun's correction (not on the final step to sigma = 0)
-                d2 = (v_next - denoiser(v_next, s_next)) / m_next
-                used += 1
-                v_next = v + (m_next - m_i) * (d + d2) / 2
-            v = v_next
+            v = heun_step(denoiser, coords, v, s_i, s_next, last=i == N - 1)
+            used += 1 if i == N - 1 else 2
         if every and (i + 1) % every == 0:
             keep.append((float(ts[i + 1]), v.clone()))
     return v, used, keep
@@ -87,9 +102,9 @@ def sample_fields(model, n: int, nfe: int, kind: str = "ode", generator: torch.G
         raise ValueError(f"-n (number of samples) must be a positive integer, got {n!r}")
     xs, used = [], 0
     for start in range(0, n, batch_size):
-        y, used, _ = sample_coords(model.denoiser, model.schedule, model.coords, min(batch_size, n - start), nfe, kind,
+        w, used, _ = sample_coords(model.denoiser, model.schedule, model.coords, min(batch_size, n - start), nfe, kind,
                                    generator)
-        xs.append(model.coords.to_field(y)[0])
+        xs.append(model.coords.decode(w, generator)[0])
     return torch.cat(xs), used
 
 
@@ -102,6 +117,6 @@ class GaussianDenoiser:
         self.cov, self.coords = cov, coords
 
     def __call__(self, v: torch.Tensor, sigma_levels: torch.Tensor) -> torch.Tensor:
-        sigma = self.coords.sigma_map(sigma_levels[:1]).expand(1, v.shape[1], -1, -1).reshape(-1)
+        sigma = self.coords.sigma_map(sigma_levels[:1]).expand(1, *self.coords.shape).reshape(-1)
         A = self.cov + torch.diag(sigma**2)
         return (self.cov @ torch.linalg.solve(A, v.reshape(len(v), -1).T)).T.reshape(v.shape)

@@ -46,6 +46,7 @@ class DiffusionConfig(LoopConfig):
     params: dict = field(default_factory=dict)
     L: int = 0
     coords: str = "haar"
+    levels: int = 0
     noise_schedule: str = "rg"
     delta: float | None = None
     level_scale: str | None = None
@@ -60,7 +61,7 @@ class DiffusionConfig(LoopConfig):
     lr: float = 1e-3
     grad_clip: float = 1.0
 
-    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "noise_schedule", "delta", "level_scale", "logsnr_max",
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "levels", "noise_schedule", "delta", "level_scale", "logsnr_max",
                                              "logsnr_min", "width", "depth", "net_space")
 
     def __post_init__(self):
@@ -90,10 +91,15 @@ class DiffusionConfig(LoopConfig):
         for name in ("width", "depth"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be a positive integer")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
+            raise ValueError(f"levels={self.levels!r} is not allowed: the first diffused level K >= 0 (--levels K:)")
+        if self.levels > 0 and self.coords == "haar":
+            raise ValueError("levels > 0 needs --coords RUN (a trained flow whose prior generates the finer levels)")
 
 
-def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str = "cpu") -> RGCoordinates:
-    """``"haar"`` or a flow run folder -> :class:`RGCoordinates` (unfitted scale)."""
+def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str = "cpu",
+                     levels: int = 0) -> RGCoordinates:
+    """``"haar"`` or a flow run folder -> :class:`RGCoordinates` (unfitted scale), diffusing levels ``>= levels``."""
     from rgflow.flows.haar import haar_flow
     from rgflow.layout import Layout
     from rgflow.train import load_run
@@ -105,17 +111,48 @@ def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str
         if cfg.L != L or flow.channels != channels or not hasattr(flow, "layout"):
             raise ValueError(f"--coords {spec}: a hierarchical flow run for L={L} with {channels} channel(s) is "
                              f"needed, got flow={cfg.flow!r}, L={cfg.L}, channels={flow.channels}")
-    return RGCoordinates(flow, scaling)
+    return RGCoordinates(flow, scaling, levels)
 
 
 class DiffusionModel(nn.Module):
-    """Coordinates (with the fitted scale), schedule and denoiser of one diffusion run."""
+    """Coordinates (with the fitted scale), schedule and denoiser of one diffusion run, and the
+    density interface of every model family: :meth:`sample` ``(n) -> (x, ln q)`` and :meth:`log_prob`,
+    exact for the deterministic PF-ODE sampler with ``nfe`` network evaluations
+    (:mod:`rgflow.diffusion.exact`)."""
 
-    def __init__(self, cfg: DiffusionConfig, L: int, channels: int, device: str = "cpu"):
+    def __init__(self, coords: RGCoordinates, schedule: RGSchedule, denoiser, nfe: int = 32):
         super().__init__()
-        self.coords = make_coordinates(cfg.coords, L, channels, cfg.level_scale, device)
-        self.schedule = RGSchedule(self.coords.n_levels, cfg.delta, cfg.logsnr_max, cfg.logsnr_min)
-        self.denoiser = Denoiser(self.coords, cfg.width, cfg.depth, cfg.net_space)
+        self.coords, self.schedule, self.denoiser, self.nfe = coords, schedule, denoiser, nfe
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig, L: int, channels: int, device: str = "cpu", nfe: int = 32):
+        """The (untrained) model a config describes."""
+        coords = make_coordinates(cfg.coords, L, channels, cfg.level_scale, device, cfg.levels)
+        schedule = RGSchedule(coords.n_levels, cfg.delta, cfg.logsnr_max, cfg.logsnr_min)
+        return cls(coords, schedule, Denoiser(coords, cfg.width, cfg.depth, cfg.net_space), nfe)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, C, L, L], ln q(x) [n])`` from the PF-ODE sampler with ``self.nfe`` evaluations."""
+        from rgflow.diffusion.exact import exact_sample
+
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (number of samples) must be a positive integer, got {n!r}")
+        # the D vector-Jacobian products per sample run batched: at most ~2^18 lattice sites of
+        # network activations in flight (memory: a few GB for the default U-Net), in chunks of at
+        # most D products per sample
+        L = self.coords.layout.L
+        rows = max(1, 2**18 // (L * L))
+        chunk = min(math.prod(self.coords.shape), rows)
+        per_call = max(1, rows // chunk)
+        parts = [exact_sample(self, min(per_call, n - i), self.nfe, generator, chunk)
+                 for i in range(0, n, per_call)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``ln q(x) [B]`` of the same sampler."""
+        from rgflow.diffusion.exact import exact_log_prob
+
+        return exact_log_prob(self, x, self.nfe)
 
 
 class DenoisingLoss(nn.Module):
@@ -134,19 +171,16 @@ class DenoisingLoss(nn.Module):
         super().__init__()
         self.model, self.batches, self.generator = model, batches, generator
 
-    def per_sample(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            y = self.model.coords.to_coords(x)[0]
-        return self.model.denoiser.loss(y, self.model.schedule.sigma(t), eps)
-
     def forward(self, batch_size: int) -> torch.Tensor:
         x = self.batches(batch_size)
         g, schedule = self.generator, self.model.schedule
         level = torch.randint(schedule.n_levels, (batch_size,), generator=g, device=x.device).to(x.dtype)
         lam = self.LOGSNR_MEAN + self.LOGSNR_STD * torch.randn(batch_size, dtype=x.dtype, device=x.device, generator=g)
         t = schedule.time_of(lam, level)
-        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=self.generator)
-        return self.per_sample(x, t, eps).mean()
+        with torch.no_grad():
+            w = self.model.coords.encode(x)[0]
+        eps = torch.randn(w.shape, dtype=x.dtype, device=x.device, generator=self.generator)
+        return self.model.denoiser.loss(w, schedule.sigma(t), eps).mean()
 
 
 def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
@@ -160,7 +194,7 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     fields = ens.fields.to(device=device, dtype=dtype)
     train_idx, test_idx = split_ensemble(len(fields), cfg.holdout, cfg.seed)
-    model = DiffusionModel(cfg, cfg.L, ens.action.channels, device).to(device=device, dtype=dtype)
+    model = DiffusionModel.from_config(cfg, cfg.L, ens.action.channels, device).to(device=device, dtype=dtype)
     model.coords.fit_scale(fields[train_idx])
     gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
     batches = FieldBatches(fields[train_idx], gen, shift=cfg.augment, sign=cfg.augment and ens.action.sign_symmetric)
@@ -173,9 +207,8 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
         """Held-out loss on a fixed grid of t (the same noise every time), EMA weights."""
         g = torch.Generator(device=device).manual_seed(cfg.seed)
         t = torch.linspace(0.05, 0.95, 10, dtype=dtype, device=device).repeat_interleave(len(held_out))
-        x = held_out.repeat(10, 1, 1, 1)
-        eps = torch.randn(x.shape, dtype=dtype, device=device, generator=g)
-        y = model.coords.to_coords(x)[0]
+        y = model.coords.encode(held_out.repeat(10, 1, 1, 1))[0]
+        eps = torch.randn(y.shape, dtype=dtype, device=device, generator=g)
         return {"heldout_loss": float(ema.shadow.loss(y, model.schedule.sigma(t), eps).mean()),
                 "n_heldout": len(held_out)}
 
@@ -195,8 +228,9 @@ def train_diffusion(cfg: DiffusionConfig, run_dir: str | Path, resume: bool = Fa
     return run_loop(cfg, run_dir, _diffusion_task, resume, progress)
 
 
-def load_diffusion_run(run_dir: str | Path, device: str | None = None):
-    """``(config, model with the EMA denoiser weights, the action, checkpoint state)``."""
+def load_diffusion_run(run_dir: str | Path, device: str | None = None, nfe: int = 32):
+    """``(config, model with the EMA denoiser weights, the action, checkpoint state)``; the model's
+    density is that of the PF-ODE sampler with ``nfe`` evaluations."""
     from rgflow.physics.models import make_action
     from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint
     from rgflow.train.loop import RunFolderError, read_run_config
@@ -214,7 +248,7 @@ def load_diffusion_run(run_dir: str | Path, device: str | None = None):
     state = load_checkpoint(ckpt, cfg.to_dict(), cfg.device, DiffusionConfig)
     action = make_action(cfg.action, **cfg.params)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    model = DiffusionModel(cfg, cfg.L, action.channels, cfg.device).to(device=cfg.device, dtype=dtype)
+    model = DiffusionModel.from_config(cfg, cfg.L, action.channels, cfg.device, nfe).to(device=cfg.device, dtype=dtype)
     model.load_state_dict(state["model"])
     if "ema" in state.get("extra", {}):
         model.denoiser.load_state_dict(state["extra"]["ema"])

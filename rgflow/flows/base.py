@@ -17,7 +17,16 @@ from nflows.transforms.base import Transform
 
 from rgflow.layout import Sublayer
 
-__all__ = ["Transform", "BlockSublayer"]
+__all__ = ["Transform", "BlockSublayer", "device_of"]
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 class BlockSublayer(Transform):

@@ -52,15 +52,19 @@ class Prior(nn.Module):
     def _log_scale_map(self) -> torch.Tensor:
         return self.log_scale[:, self.level_of_site].expand(self.channels, self.L, self.L)  # [C, L, L]
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``ln p(z)``: ``[B, C, L, L] -> [B]``."""
+    def site_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``ln p`` of every latent: ``[B, C, L, L] -> [B, C, L, L]``."""
         ls = self._log_scale_map()
         u = z * torch.exp(-ls)
         if self.kind == "normal":
             dens = -0.5 * u**2 - 0.5 * math.log(2 * math.pi)
         else:
             dens = -u.abs() - math.log(2.0)
-        return (dens - ls).sum(dim=(1, 2, 3))
+        return dens - ls
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``ln p(z)``: ``[B, C, L, L] -> [B]``."""
+        return self.site_log_prob(z).sum(dim=(1, 2, 3))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``z: [n, C, L, L]`` in the prior's dtype and device."""

@@ -45,20 +45,22 @@ class FieldFlow(Transform):
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> latent: ``x [B, C, L, L] -> (z [B, C, L, L], ln|det dz/dx| [B])``."""
         self._check(inputs, "x")
-        x, total = inputs, inputs.new_zeros(inputs.shape[0])
-        for layer in self.sublayers:
-            x, ld = layer(x)
-            total = total + ld
-        return x, total
+        return self.apply(inputs)
 
     def inverse(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent -> data: ``z -> (x, ln|det dx/dz| [B])``."""
         self._check(inputs, "z")
-        z, total = inputs, inputs.new_zeros(inputs.shape[0])
-        for layer in reversed(self.sublayers):
-            z, ld = layer.inverse(z)
+        return self.apply(inputs, inverse=True)
+
+    def apply(self, inputs: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` (or :meth:`inverse`) without validating the input: the hot path for callers
+        that already hold well-formed tensors (and inside ``torch.func`` transforms, where a
+        data-dependent check cannot run)."""
+        x, total = inputs, inputs.new_zeros(inputs.shape[0])
+        for layer in (reversed(self.sublayers) if inverse else self.sublayers):
+            x, ld = layer.inverse(x) if inverse else layer(x)
             total = total + ld
-        return z, total
+        return x, total
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``ln q(x)``: ``[B, C, L, L] -> [B]``."""

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from rgflow.flows.base import device_of  # noqa: E402
 from rgflow.mcmc.base import ChainResult  # noqa: E402
 from rgflow.mcmc.hmc import hmc, latent_hmc  # noqa: E402
 from rgflow.mcmc.imh import independence_metropolis  # noqa: E402
@@ -43,7 +44,7 @@ def flow_imh(flow, action, n: int, chains: int = 16, seed: int = 0, batch_size: 
     With ``keep_every > 0`` all proposals are held (float32) until the accept/reject pass has
     chosen which ones every ``keep_every``-th chain state is.
     """
-    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
+    gen = torch.Generator(device=device_of(flow)).manual_seed(seed)
     t0 = time.perf_counter()
     prims, log_w, proposals = [], [], []
     for start in range(0, n * chains, batch_size):

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from rgflow.flows.base import device_of
 from rgflow.mcmc.imh import independence_metropolis
 from rgflow.physics.observables import chain_observables, estimate_observables, primaries
 from rgflow.stats import KHAT_RELIABLE, effective_sample_size, log_mean_exp, pareto_khat
@@ -55,7 +56,7 @@ def _jsonable(est: dict) -> dict:
 
 def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: int = 4096) -> dict:
     """All diagnostics as one JSON-ready dict (see the module docstring for the keys)."""
-    device = next(flow.parameters()).device
+    device = device_of(flow)
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = flow.training
     flow.eval()

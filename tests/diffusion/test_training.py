@@ -34,7 +34,7 @@ def test_a_briefly_trained_denoiser_moves_toward_the_analytic_one(free_ensemble)
     cfg = config_for_ensemble(str(free_ensemble), steps=300, width=16, depth=2, dtype="float64")
     ens = load_ensemble(free_ensemble)
     x = ens.fields.double()
-    model = DiffusionModel(cfg, L, 1).double()
+    model = DiffusionModel.from_config(cfg, L, 1).double()
     model.coords.fit_scale(x)
     eye = torch.eye(L * L, dtype=torch.float64).reshape(-1, 1, L, L)
     R = model.coords.to_coords(eye)[0].reshape(L * L, L * L).T
@@ -121,7 +121,10 @@ def test_bad_input_is_one_line_exit_2(free_ensemble, tmp_path, capsys):
         (["diffuse", "sample", str(flow_run), "--nfe", "4", "-n", "4"], "is a flow run, not a diffusion run"),
         (["eval", str(diff_run)], "is a diffusion run, not a lattice flow run"),
         (["sample", str(diff_run), "-n", "3", "--out", str(tmp_path / "x.npz")], "is a diffusion run"),
-        (["mcmc", str(diff_run), "--sampler", "imh"], "is a diffusion run"),
+        (["mcmc", str(diff_run), "--sampler", "latent-hmc"], "a diffusion run supports --sampler imh"),
+        (["diffuse", "train", "--data", str(free_ensemble), "--levels", "1:", "--steps", "2", "--out",
+          str(tmp_path / "a")], "levels > 0 needs --coords RUN"),
+        (["diffuse", "eval", str(diff_run), "--nfe", "0"], "--nfe must be a positive integer"),
         (["train", "--out", str(diff_run), "--resume"], "is a diffusion run"),
         (["diffuse", "train", "--out", str(flow_run), "--resume"], "is a flow run"),
         (["diffuse", "train", "--data", str(free_ensemble), "--delta", "-1", "--steps", "2", "--out",
@@ -132,3 +135,32 @@ def test_bad_input_is_one_line_exit_2(free_ensemble, tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "a").exists()
+
+
+def test_diffuse_eval_and_imh_and_the_hybrid_end_to_end(free_ensemble, tmp_path, capsys):
+    """`rgflow diffuse eval --json` has the keys of `rgflow eval --json`; `rgflow mcmc RUN --sampler imh`
+    runs on a diffusion run as on a flow run; the hybrid (--coords RUN --levels K:) trains and evaluates."""
+    import json
+
+    diff_run, flow_run, hybrid = tmp_path / "diff", tmp_path / "flow", tmp_path / "hybrid"
+    assert main(["diffuse", "train", "--data", str(free_ensemble), "--width", "8", "--depth", "1", "--steps", "20",
+                 "--out", str(diff_run)]) == 0
+    assert main(["train", "--action", "free", "--L", str(L), "--m2", str(M2), "--steps", "20", "--hidden", "8",
+                 "--out", str(flow_run)]) == 0
+    assert main(["eval", str(flow_run), "--samples", "64", "--json"]) == 0
+    flow_keys = set(json.loads(capsys.readouterr().out))
+    for run, extra in ((diff_run, []), (hybrid, ["--coords", str(flow_run), "--levels", "1:"])):
+        if extra:
+            assert main(["diffuse", "train", "--data", str(free_ensemble), *extra, "--width", "8", "--steps", "20",
+                         "--out", str(run)]) == 0
+            assert json.loads((run / "config.json").read_text())["levels"] == 1
+        capsys.readouterr()
+        assert main(["diffuse", "eval", str(run), "--nfe", "5", "--samples", "64", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert flow_keys <= set(res) and {"lnZ", "lnZ_err", "ess", "pareto_k", "nfe", "seconds_per_sample"} <= set(res)
+        assert np.isfinite(res["lnZ"]) and res["n_samples"] == 64 and res["nfe"] == 5
+        assert main(["mcmc", str(run), "--sampler", "imh", "--nfe", "5", "--n", "16", "--chains", "2", "--json",
+                     "--out", str(tmp_path / "chain.npz"), "--save-every", "4"]) == 0
+        mc = json.loads(capsys.readouterr().out)
+        assert mc["sampler"] == "imh" and mc["n_samples"] == 32 and 0 < mc["acceptance"] <= 1
+        assert "abs_m" in mc["cost_per_independent_sample"]

@@ -1,0 +1,186 @@
+"""Exact diffusion sampling and the flow-diffusion hybrid against the flow alone and HMC.
+
+For each case (``--cases``): an HMC ensemble of the target (the reference and the diffusion models'
+training data, sign-flip and shift augmented), then at equal total training wall time ``T``:
+
+* ``flow``      -- rgflow's default flow trained by reverse KL for ``T`` minutes;
+* ``hybrid``    -- a flow trained for ``T - T_h`` minutes whose coarse latents (levels ``>= K``) are
+  then modelled by a diffusion model trained ``T_h`` minutes on the ensemble's latents
+  (``rgflow diffuse train --coords FLOW --levels K:``), the finer levels keeping the flow's prior;
+* ``diffusion`` -- (``--with-diffusion``) a full-field diffusion model in Haar coordinates (RG schedule)
+  trained ``T`` minutes; its exact density costs ``L^2`` backward passes per network evaluation.
+
+Every model is judged by the same code (``rgflow eval`` / ``rgflow diffuse eval``: ESS, ln Z with
+Pareto k, F_var, IMH acceptance) and by independence-Metropolis chains (``rgflow mcmc RUN --sampler
+imh``: tau_int(|m|) and seconds per independent sample, the likelihood included), against HMC.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python experiments/benchmark_hybrid.py --cases hop-L16 --with-diffusion
+    OMP_NUM_THREADS=1 taskset -c 1 python experiments/benchmark_hybrid.py --cases ising-L8,ising-L16
+    python experiments/benchmark_hybrid.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_output_arguments, machine, rgflow_cli  # noqa: E402
+
+ISING_TC = 2.269185314213022
+CASES = {
+    # physics flags, minutes T, hybrid minutes T_h, first diffused level K, NFE of the hybrid
+    "hop-L16": {"physics": ["--action", "phi4-hopping", "--L", 16, "--kappa", 0.2705, "--lam", 0.022],
+                "minutes": 9.0, "hybrid_minutes": 3.0, "levels": 2, "nfe": 15},
+    "ising-L8": {"physics": ["--action", "ising", "--L", 8, "--T", ISING_TC],
+                 "minutes": 5.0, "hybrid_minutes": 2.0, "levels": 1, "nfe": 15},
+    "ising-L16": {"physics": ["--action", "ising", "--L", 16, "--T", ISING_TC],
+                  "minutes": 6.0, "hybrid_minutes": 2.0, "levels": 2, "nfe": 15},
+    # latent diffusion over all levels on the ising-L8 flows and ensemble (its runs are reused)
+    "ising-L8-all": {"physics": ["--action", "ising", "--L", 8, "--T", ISING_TC], "shares": "ising-L8",
+                     "minutes": 5.0, "hybrid_minutes": 2.0, "levels": 0, "nfe": 15},
+}
+OBS = "abs_m"
+
+
+def _run_case(name: str, root: Path, seed: int, with_diffusion: bool, chains: int, n_imh: int) -> dict:
+    """Train and measure one case; outputs that exist already (a case that ``shares`` another's
+    ensemble and flows) are reused, not retrained."""
+    c = CASES[name]
+    work = root / c.get("shares", name)
+    work.mkdir(parents=True, exist_ok=True)
+    ens = work / "hmc.npz"
+    rec: dict = {"config": {k: v for k, v in c.items() if k != "physics"}, "physics": [str(a) for a in c["physics"]]}
+    print(f"[{name}] HMC ensemble", flush=True)
+    rec["hmc"] = rgflow_cli(["mcmc", "--sampler", "hmc", *c["physics"], "--n", 1500, "--chains", 16, "--warmup", 300,
+                             "--save-every", 5, "--seed", seed, "--json", *([] if ens.exists() else ["--out", ens])])
+    T, Th = c["minutes"], c["hybrid_minutes"]
+    for run, minutes in (("flow", T), ("hybrid-flow", T - Th)):
+        if not (work / run / "checkpoint.pt").exists():
+            print(f"[{name}] training {run} for {minutes} min", flush=True)
+            rgflow_cli(["train", *c["physics"], "--minutes", minutes, "--seed", seed, "--out", work / run])
+    hybrid = work / ("hybrid" if "shares" not in c else f"hybrid-K{c['levels']}")
+    if not (hybrid / "checkpoint.pt").exists():
+        print(f"[{name}] training the hybrid's diffusion (levels >= {c['levels']}) for {Th} min", flush=True)
+        rgflow_cli(["diffuse", "train", "--coords", work / "hybrid-flow", "--levels", f"{c['levels']}:", "--data", ens,
+                    "--minutes", Th, "--seed", seed, "--out", hybrid])
+    if with_diffusion and not (work / "diffusion" / "checkpoint.pt").exists():
+        print(f"[{name}] training the full-field diffusion model for {T} min", flush=True)
+        rgflow_cli(["diffuse", "train", "--data", ens, "--minutes", T, "--seed", seed, "--out", work / "diffusion"])
+    models = {"flow": ["eval", work / "flow"], "hybrid-flow": ["eval", work / "hybrid-flow"],
+              "hybrid": ["diffuse", "eval", hybrid, "--nfe", c["nfe"]]}
+    if with_diffusion:
+        models["diffusion"] = ["diffuse", "eval", work / "diffusion", "--nfe", c["nfe"]]
+    for model, args in models.items():
+        n = 32 if model == "diffusion" else 4096  # the full-field exact density costs L^2 backward passes
+        t0 = time.perf_counter()
+        rec[model] = {"eval": rgflow_cli([*args, "--samples", n, "--seed", seed, "--json"])}
+        rec[model]["eval_seconds_per_sample"] = (time.perf_counter() - t0) / n
+        ev = rec[model]["eval"]
+        print(f"[{name}] {model}: ESS {ev['ess']:.4f}, IMH acc {ev['imh_acceptance']:.3f}, lnZ {ev['lnZ']:.4f}"
+              f"({ev['lnZ_err']:.4f}) k {ev['pareto_k']:.2f}, F_var {ev['f_variational']:.4f}"
+              + (f", F_var - F_exact {ev['kl']:.4f}" if "kl" in ev else ""), flush=True)
+        if model == "hybrid-flow":
+            continue
+        run = args[2] if args[0] == "diffuse" else args[1]
+        steps, n_chains = (8, 4) if model == "diffusion" else (n_imh, chains)
+        extra = ["--nfe", c["nfe"]] if args[0] == "diffuse" else []
+        mc = rgflow_cli(["mcmc", run, "--sampler", "imh", "--n", steps, "--chains", n_chains, "--seed", seed, *extra,
+                         "--json"])
+        rec[model]["imh"] = mc
+        print(f"[{name}] {model} IMH: acceptance {mc['acceptance']:.3f}, tau_int(|m|) {mc['tau_int'][OBS]}, "
+              f"{mc['cost_per_independent_sample'][OBS]['seconds']:.3g} s per independent |m|", flush=True)
+    hmc = rec["hmc"]
+    print(f"[{name}] HMC: tau_int(|m|) {hmc['tau_int'][OBS]}, "
+          f"{hmc['cost_per_independent_sample'][OBS]['seconds']:.3g} s per independent |m|", flush=True)
+    return rec
+
+
+def exact_density_cost(L: int, nfe: int = 15, n: int = 4) -> dict:
+    """Seconds per sample of the exact PF-ODE density of a full-field diffusion model (default U-Net,
+    Haar coordinates; the cost does not depend on the weights) at lattice side ``L``."""
+    import torch
+
+    from rgflow.diffusion.train import DiffusionConfig, DiffusionModel
+
+    cfg = DiffusionConfig(data="none", action="phi4-hopping", L=L, steps=1)
+    model = DiffusionModel.from_config(cfg, L, 1, nfe=nfe)
+    for p in model.denoiser.parameters():
+        p.data += 0.01 * torch.randn_like(p)
+    model.coords.fit_scale(torch.randn(64, 1, L, L))
+    from rgflow.diffusion.exact import exact_sample
+
+    exact_sample(model, 1, 1, torch.Generator().manual_seed(0))  # warm-up: one Euler step
+    t0 = time.perf_counter()
+    model.sample(n, torch.Generator().manual_seed(1))
+    t_exact = (time.perf_counter() - t0) / n
+    from rgflow.diffusion.sampler import sample_fields
+
+    t0 = time.perf_counter()
+    sample_fields(model, 64, nfe, "ode", torch.Generator().manual_seed(2))
+    t_plain = (time.perf_counter() - t0) / 64
+    return {"L": L, "nfe": nfe, "seconds_per_sample_exact": t_exact, "seconds_per_sample_without_density": t_plain,
+            "ratio": t_exact / t_plain, "n_timed": n}
+
+
+def _figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    models = ["flow", "hybrid", "diffusion"]
+    for k, model in enumerate(models):
+        xs = [i + 0.27 * (k - 1) for i, n in enumerate(names) if model in results[n]]
+        rs = [results[n][model] for n in names if model in results[n]]
+        if not rs:
+            continue
+        axes[0].bar(xs, [r["eval"]["ess"] for r in rs], 0.25, label=model)
+        axes[1].bar(xs, [r["eval"]["imh_acceptance"] for r in rs], 0.25, label=model)
+        sec = [r["imh"]["cost_per_independent_sample"][OBS]["seconds"] if "imh" in r else float("nan") for r in rs]
+        axes[2].bar(xs, sec, 0.25, label=model)
+    hmc = [results[n]["hmc"]["cost_per_independent_sample"][OBS]["seconds"] for n in names]
+    axes[2].scatter(range(len(names)), hmc, marker="_", s=900, color="k", label="HMC", zorder=3)
+    for ax, title in zip(axes, ("ESS / N", "IMH acceptance", "seconds per independent |m| sample")):
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(title, fontsize=10)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_output_arguments(p, "hybrid")
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--with-diffusion", action="store_true", help="also the full-field diffusion model (slow)")
+    p.add_argument("--chains", type=int, default=8)
+    p.add_argument("--imh-steps", type=int, default=512)
+    p.add_argument("--cost", action="store_true", help="only time the exact density of a full-field model, L = 16, 32")
+    args = p.parse_args()
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.exists() else {"results": {}}
+    if args.cost:
+        record["exact_density_cost"] = [exact_density_cost(L, n=n) for L, n in ((16, 4), (32, 1))]
+        print(json.dumps(record["exact_density_cost"], indent=1))
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        return
+    if not args.report:
+        for name in args.cases.split(","):
+            res = _run_case(name, Path(args.work), args.seed, args.with_diffusion, args.chains, args.imh_steps)
+            record = json.loads(out.read_text()) if out.exists() else {"results": {}}  # another process may have written
+            record["results"][name] = res
+            record["machine"] = machine()
+            out.write_text(json.dumps(record, indent=1) + "\n")
+    _figure(record["results"], Path(args.figure))
+
+
+if __name__ == "__main__":
+    main()
