@@ -99,14 +99,11 @@ def _train(args) -> int:
     import logging
 
     from rgflow.diffusion.train import DiffusionConfig, config_for_ensemble, train_diffusion
-    from rgflow.train.loop import RunFolderError, read_run_config
+    from rgflow.train.loop import resume_config
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
-        saved = read_run_config(args.out)
-        if saved.get("kind", "flow") != "diffusion":
-            raise RunFolderError(f"cannot resume: {args.out} is a flow run, not a diffusion run")
-        cfg = DiffusionConfig.from_dict({**saved, **options}, warn=False)
+        cfg = resume_config(args.out, "diffusion", DiffusionConfig, options)
     else:
         if "data" not in options:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")

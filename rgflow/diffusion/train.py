@@ -232,20 +232,10 @@ def load_diffusion_run(run_dir: str | Path, device: str | None = None, nfe: int 
     """``(config, model with the EMA denoiser weights, the action, checkpoint state)``; the model's
     density is that of the PF-ODE sampler with ``nfe`` evaluations."""
     from rgflow.physics.models import make_action
-    from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint
-    from rgflow.train.loop import RunFolderError, read_run_config
+    from rgflow.train.loop import load_run_state
 
-    data = read_run_config(run_dir)
-    if data.get("kind", "flow") != "diffusion":
-        raise RunFolderError(f"{run_dir} is a flow run, not a diffusion run; use `rgflow eval/sample/mcmc` for it, "
-                             "or train one with `rgflow diffuse train`")
-    cfg = DiffusionConfig.from_dict(data, warn=False)
-    if device is not None:
-        cfg.device = device
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
-    state = load_checkpoint(ckpt, cfg.to_dict(), cfg.device, DiffusionConfig)
+    cfg, state = load_run_state(run_dir, "diffusion", DiffusionConfig, device,
+                                "; use `rgflow eval/sample/mcmc` for a flow run, or train one with `rgflow diffuse train`")
     action = make_action(cfg.action, **cfg.params)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     model = DiffusionModel.from_config(cfg, cfg.L, action.channels, cfg.device, nfe).to(device=cfg.device, dtype=dtype)

@@ -88,14 +88,11 @@ _NOT_CONFIG = {"command", "images_command", "out", "resume", "dry_run"}
 
 def _train(args) -> int:
     from rgflow.images.train import ImageConfig, train_images
-    from rgflow.train.loop import RunFolderError, read_run_config
+    from rgflow.train.loop import resume_config
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
-        saved = read_run_config(args.out)
-        if saved.get("kind", "flow") != "images":
-            raise RunFolderError(f"cannot resume: {args.out} is a {saved.get('kind', 'flow')} run, not an image run")
-        cfg = ImageConfig.from_dict({**saved, **options}, warn=False)
+        cfg = resume_config(args.out, "images", ImageConfig, options)
     else:
         if "steps" not in options and "minutes" not in options:
             options["minutes"] = 5.0

@@ -196,20 +196,9 @@ def train_images(cfg: ImageConfig, run_dir: str | Path, resume: bool = False, pr
 
 def load_image_run(run_dir: str | Path, device: str | None = None) -> tuple[ImageConfig, ImageFlow, dict]:
     """``(config, trained model, checkpoint state)`` of an image run folder."""
-    from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint
-    from rgflow.train.loop import RunFolderError, read_run_config
+    from rgflow.train.loop import load_run_state
 
-    data = read_run_config(run_dir)
-    if data.get("kind", "flow") != "images":
-        raise RunFolderError(f"{run_dir} is a {data.get('kind', 'flow')} run, not an image run "
-                             f"(train one with `rgflow images train`)")
-    cfg = ImageConfig.from_dict(data, warn=False)
-    if device is not None:
-        cfg.device = device
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
-    state = load_checkpoint(ckpt, cfg.to_dict(), cfg.device, ImageConfig)
+    cfg, state = load_run_state(run_dir, "images", ImageConfig, device, " (train one with `rgflow images train`)")
     model = build_image_model(cfg, load(cfg.data, cfg.size).channels)
     model.load_state_dict(state["model"])
     model.eval()

@@ -49,8 +49,8 @@ from rgflow.train.diagnostics import weight_summary
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 from rgflow.train.loss import ForwardKL, ReverseKL
 
-__all__ = ["build_model", "train", "run_loop", "Task", "load_run", "read_run_config", "TrainingInterrupted",
-           "RunFolderError"]
+__all__ = ["build_model", "train", "run_loop", "Task", "load_run", "load_run_state", "resume_config", "read_run_config",
+           "TrainingInterrupted", "RunFolderError"]
 
 log = logging.getLogger("rgflow")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -95,6 +95,32 @@ def read_run_config(run_dir: str | Path) -> dict:
     if not isinstance(data, dict):
         raise RunFolderError(f"{cfg_path}: not a run configuration")
     return data
+
+
+def load_run_state(run_dir: str | Path, kind: str, config_cls, device: str | None = None, hint: str = ""):
+    """``(config, checkpoint state)`` of a run folder of model family ``kind`` (``"diffusion"``,
+    ``"images"``, ...), its config read through ``config_cls``; a folder of another kind, or one
+    without a checkpoint, is a :class:`RunFolderError` (``hint`` says what to use instead)."""
+    data = read_run_config(run_dir)
+    found = data.get("kind", "flow")
+    if found != kind:
+        raise RunFolderError(f"{run_dir} is a {found} run, not a {kind} run{hint}")
+    cfg = config_cls.from_dict(data, warn=False)
+    if device is not None:
+        cfg.device = device
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
+    return cfg, load_checkpoint(ckpt, cfg.to_dict(), cfg.device, config_cls)
+
+
+def resume_config(run_dir: str | Path, kind: str, config_cls, overrides: dict):
+    """The config to continue the ``kind`` run in ``run_dir`` with: its ``config.json`` updated by ``overrides``."""
+    saved = read_run_config(run_dir)
+    found = saved.get("kind", "flow")
+    if found != kind:
+        raise RunFolderError(f"cannot resume: {run_dir} is a {found} run, not a {kind} run")
+    return config_cls.from_dict({**saved, **overrides}, warn=False)
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, FieldFlow, dict]:
