@@ -30,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
+__all__ = ["add_loop_arguments", "LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
 
 COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
 FLOW_KINDS = ("mera", "tebd", "flat")
@@ -49,6 +49,22 @@ def _positive(cfg, name, integer=True, allow_none=False):
     if not ok or not math.isfinite(v) or v <= 0:
         kind = "a positive integer" if integer else "a positive number"
         raise ValueError(f"{name}={v!r} is not allowed: must be {kind}")
+
+
+def add_loop_arguments(p) -> None:
+    """The training-loop flags every ``... train`` subcommand of a model family shares (only given
+    flags override the saved or default config), with ``--out``, ``--resume`` and ``--dry-run``."""
+    import argparse
+
+    S = argparse.SUPPRESS
+    for flag, kind in (("--batch-size", int), ("--lr", float), ("--steps", int), ("--minutes", float), ("--seed", int),
+                       ("--eval-every", int), ("--ckpt-every", int)):
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
+    p.add_argument("--dtype", choices=["float32", "float64"], default=S)
+    p.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
 
 
 @dataclass

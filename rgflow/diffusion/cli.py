@@ -12,6 +12,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub, parser_class) -> None:
     """Add ``diffuse`` with its ``train`` and ``sample`` subcommands to the ``rgflow`` parser."""
+    from rgflow.config import add_loop_arguments
     from rgflow.diffusion.network import NET_SPACES
     from rgflow.diffusion.sampler import SAMPLER_KINDS
     from rgflow.diffusion.train import NOISE_SCHEDULES
@@ -37,14 +38,7 @@ def add_parser(sub, parser_class) -> None:
     tr.add_argument("--holdout", type=float, default=S, help="held-out fraction of the ensemble (fixed by --seed)")
     tr.add_argument("--no-augment", dest="augment", action="store_false", default=S,
                     help="no random lattice shifts / sign flips of the training fields")
-    for flag, kind in (("--batch-size", int), ("--lr", float), ("--steps", int), ("--minutes", float), ("--seed", int),
-                       ("--eval-every", int), ("--ckpt-every", int)):
-        tr.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
-    tr.add_argument("--dtype", choices=["float32", "float64"], default=S)
-    tr.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
-    tr.add_argument("--out", required=True, help="run folder")
-    tr.add_argument("--resume", action="store_true", help="continue the run stored in --out")
-    tr.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+    add_loop_arguments(tr)
     ev = dsub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables from the exact PF-ODE density")
     ev.add_argument("run")
     ev.add_argument("--nfe", type=int, default=32, help="network evaluations of the deterministic sampler")

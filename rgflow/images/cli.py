@@ -16,6 +16,7 @@ log = logging.getLogger("rgflow")
 
 def add_parser(sub, parser_class) -> None:
     """Add ``images`` and its subcommands to the ``rgflow`` parser."""
+    from rgflow.config import add_loop_arguments
     from rgflow.flows.priors import PRIOR_KINDS
     from rgflow.images.data import DATASETS
     from rgflow.images.train import IMAGE_FLOWS
@@ -31,15 +32,9 @@ def add_parser(sub, parser_class) -> None:
     tr.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
     tr.add_argument("--block", default=S, help="block bijection of the RG flow (spline, affine)")
     for flag, kind in (("--n-couplings", int), ("--hidden", int), ("--flat-layers", int), ("--flat-width", int),
-                       ("--alpha", float), ("--holdout", float), ("--batch-size", int), ("--lr", float),
-                       ("--steps", int), ("--minutes", float), ("--seed", int), ("--eval-every", int),
-                       ("--ckpt-every", int)):
+                       ("--alpha", float), ("--holdout", float)):
         tr.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
-    tr.add_argument("--dtype", choices=["float32", "float64"], default=S)
-    tr.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
-    tr.add_argument("--out", required=True, help="run folder")
-    tr.add_argument("--resume", action="store_true", help="continue the run stored in --out")
-    tr.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+    add_loop_arguments(tr)
 
     ev = isub.add_parser("eval", help="held-out bits/dim (image run) or NLL per site and ESS/ln Z (lattice run)")
     ev.add_argument("run")

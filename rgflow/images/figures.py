@@ -9,6 +9,18 @@ import torch
 __all__ = ["image_grid", "receptive_field_figure"]
 
 
+def _save(fig, path: str | Path, title: str | None) -> Path:
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _panel(ax, field: torch.Tensor, kind: str, vlim: float) -> None:
     a = field.detach().double().cpu()
     ax.set_xticks([])
@@ -40,13 +52,7 @@ def image_grid(rows: torch.Tensor, path: str | Path, kind: str = "images", row_l
     if col_labels is not None:
         for k in range(K):
             axes[0, k].set_title(col_labels[k], fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def receptive_field_figure(rf, path: str | Path, title: str | None = None) -> Path:
@@ -78,10 +84,4 @@ def receptive_field_figure(rf, path: str | Path, title: str | None = None) -> Pa
     ax.plot(range(n), rf.radius, "o-")
     ax.set_xlabel("level")
     ax.set_ylabel("effective radius (sites)")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)

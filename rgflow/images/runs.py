@@ -78,19 +78,23 @@ def evaluate_run(run_dir: str | Path, seed: int = 0, draws: int = 1, samples: in
 
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}")
-    t0 = time.perf_counter()
-    run = open_run(run_dir, device)
-    params = count_parameters(run.model)
-    if run.kind == "images":
-        from rgflow.images.train import image_split
+    from rgflow.train.loop import read_run_config
 
-        data, _, test_idx = image_split(run.config)
-        gen = torch.Generator(device=run.config.device).manual_seed(seed)
-        images = data.images[test_idx].to(run.config.device)
-        bpd = torch.stack([bits_per_dim(run.model, images, gen) for _ in range(draws)]).mean(0)
-        return {"run": str(run_dir), "kind": "images", "data": run.config.data, "flow": run.config.flow,
+    t0 = time.perf_counter()
+    if read_run_config(run_dir).get("kind", "flow") == "images":  # the 8-bit images themselves, loaded once
+        from rgflow.images.train import image_split, load_image_run
+
+        cfg, model, _ = load_image_run(run_dir, device)
+        params = count_parameters(model)
+        data, _, test_idx = image_split(cfg)
+        gen = torch.Generator(device=cfg.device).manual_seed(seed)
+        images = data.images[test_idx].to(cfg.device)
+        bpd = torch.stack([bits_per_dim(model, images, gen) for _ in range(draws)]).mean(0)
+        return {"run": str(run_dir), "kind": "images", "data": cfg.data, "flow": cfg.flow,
                 "bits_per_dim": float(bpd.mean()), "bits_per_dim_err": float(bpd.std() / math.sqrt(len(bpd))),
                 "n_test": len(bpd), "draws": draws, "params": params, "n_params": params, "seconds": time.perf_counter() - t0}
+    run = open_run(run_dir, device)
+    params = count_parameters(run.model)
     from rgflow.train.diagnostics import evaluate
 
     cfg = run.config

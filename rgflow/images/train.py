@@ -157,13 +157,20 @@ class ImageNLL(nn.Module):
     def __init__(self, model: ImageFlow, batches: ImageBatches):
         super().__init__()
         self.model, self.batches = model, batches
-        self.last_bits_per_dim = float("nan")
+        self._last_nll, self._dims = None, 1
+
+    @property
+    def last_bits_per_dim(self) -> float:
+        """Bits/dim of the last batch (converted only when read: no device sync on every step)."""
+        if self._last_nll is None:
+            return float("nan")
+        D = self._dims
+        return (float(self._last_nll) + D * math.log(256.0)) / (D * math.log(2.0))
 
     def forward(self, batch_size: int) -> torch.Tensor:
         u = self.batches(batch_size)
         nll = -self.model.log_prob(u).mean()
-        D = u[0].numel()
-        self.last_bits_per_dim = (float(nll.detach()) + D * math.log(256.0)) / (D * math.log(2.0))
+        self._last_nll, self._dims = nll.detach(), u[0].numel()
         return nll
 
 
