@@ -17,7 +17,7 @@ from nflows.transforms.base import Transform
 
 from rgflow.layout import Sublayer
 
-__all__ = ["Transform", "BlockSublayer", "device_of"]
+__all__ = ["Transform", "BlockSublayer", "block_map", "device_of"]
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
@@ -27,6 +27,19 @@ def device_of(module: torch.nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def block_map(transform: Transform, u: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a block bijection to feature-major blocks ``u [F, N] -> (v [F, N], ln|det| [N])``.
+
+    Uses the transform's own ``feature_major`` path where it has one (couplings, stacks, Haar), else
+    its nflows ``forward``/``inverse`` on ``u.T``.
+    """
+    fast = getattr(transform, "feature_major", None)
+    if fast is not None:
+        return fast(u, inverse)
+    v, logdet = (transform.inverse if inverse else transform)(u.T)
+    return v.T, logdet
 
 
 class BlockSublayer(Transform):
@@ -47,17 +60,23 @@ class BlockSublayer(Transform):
         super().__init__()
         self.level, self.role = sublayer.level, sublayer.role
         self.register_buffer("index", sublayer.index.clone(), persistent=False)
+        sites = sublayer.index.flatten()  # blocks tile the sublattice once: distinct sites
+        #: the sublayer touches every site (the finest level): write back by a permutation, not into a copy
+        self.full = len(sites) == int(sites.max()) + 1
+        self.register_buffer("sites", sites, persistent=False)
+        self.register_buffer("unsort", torch.argsort(sites), persistent=False)
         self.transform = transform
 
     def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         B, C = x.shape[:2]
         n_blocks, k = self.index.shape
         flat = x.reshape(B, C, -1)
-        u = flat[:, :, self.index].permute(0, 2, 1, 3).reshape(B * n_blocks, C * k)
-        v, logdet = (self.transform.inverse if inverse else self.transform)(u)
-        v = v.reshape(B, n_blocks, C, k).permute(0, 2, 1, 3).reshape(B, C, n_blocks * k)
-        out = flat.index_copy(2, self.index.flatten(), v)
-        return out.reshape(x.shape), logdet.reshape(B, n_blocks).sum(1)
+        # feature-major blocks: u[c * k + j, b * n_blocks + n] = x[b, c, index[n, j]]
+        u = flat.index_select(2, self.sites).view(B, C, n_blocks, k).permute(1, 3, 0, 2).reshape(C * k, B * n_blocks)
+        v, logdet = block_map(self.transform, u, inverse)
+        v = v.view(C, k, B, n_blocks).permute(2, 0, 3, 1).reshape(B, C, n_blocks * k)
+        out = v.index_select(2, self.unsort) if self.full else flat.index_copy(2, self.sites, v)
+        return out.reshape(x.shape), logdet.view(B, n_blocks).sum(1)
 
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._map(inputs, inverse=False)

@@ -17,24 +17,20 @@ All conditioners are small MLPs whose last layer starts at zero (identity at ini
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.coupling import CouplingTransform, PiecewiseRationalQuadraticCouplingTransform
-from nflows.transforms.splines.rational_quadratic import (
-    DEFAULT_MIN_DERIVATIVE,
-    rational_quadratic_spline,
-    unconstrained_rational_quadratic_spline,
-)
+from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
 from torch import nn
 
 from rgflow.defaults import deprecated, spline_range
+from rgflow.flows.base import block_map
+from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
 
 __all__ = [
     "ConditionerMLP", "Z2Conditioner", "AffineCoupling", "SplineCoupling", "OddSplineCoupling",
     "spline_coupling", "block_masks",
-    "make_block", "BLOCK_KINDS",
+    "make_block", "BLOCK_KINDS", "BlockStack",
 ]
 
 BLOCK_KINDS = ("affine", "spline", "ode")
@@ -57,6 +53,12 @@ class ConditionerMLP(nn.Module):
     def forward(self, x: torch.Tensor, context=None) -> torch.Tensor:
         return self.out(self.body(x))
 
+    def feature_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on transposed tensors, ``[in, N] -> [out, N]`` (``W x + b`` per layer)."""
+        for layer in self.body:
+            x = torch.addmm(layer.bias[:, None], layer.weight, x) if isinstance(layer, nn.Linear) else layer(x)
+        return torch.addmm(self.out.bias[:, None], self.out.weight, x)
+
 
 class Z2Conditioner(nn.Module):
     """``(t, s)(x) -> ((t(x) - t(-x)) / 2, (s(x) + s(-x)) / 2)``: odd shifts, even log-scales.
@@ -73,8 +75,33 @@ class Z2Conditioner(nn.Module):
         n = self.n_shift
         return torch.cat([(a[:, :n] - b[:, :n]) / 2, (a[:, n:] + b[:, n:]) / 2], dim=1)
 
+    def feature_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on transposed tensors, ``[in, N] -> [out, N]``."""
+        a, b = self.net.feature_major(x), self.net.feature_major(-x)
+        n = self.n_shift
+        return torch.cat([(a[:n] - b[:n]) / 2, (a[n:] + b[n:]) / 2], dim=0)
 
-class AffineCoupling(CouplingTransform):
+
+class FeatureMajorCoupling:
+    """Mixin: the coupling on feature-major blocks ``u [F, N]`` (``F = C b^2`` features, ``N`` blocks).
+
+    :class:`~rgflow.flows.base.BlockSublayer` gathers every block of a sublayer straight into this
+    layout, so the conditioner's matrix products and the spline's reductions over bins run with the
+    ``N`` rows contiguous and no per-coupling gather/scatter of rows. The public ``forward``/``inverse``
+    on ``[N, F]`` (nflows' contract) stay; both paths compute the same function.
+    """
+
+    def feature_major(self, u: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u [F, N] -> (v [F, N], ln|det| [N])`` (forward, or inverse with ``inverse=True``)."""
+        if not hasattr(self, "_order"):  # rows [identity | transformed] -> feature order, built once
+            self._order = torch.argsort(torch.cat([self.identity_features, self.transform_features]))
+        ident = u.index_select(0, self.identity_features)
+        params = self.transform_net.feature_major(ident)
+        moved, logdet = self._feature_major_transform(u.index_select(0, self.transform_features), params, inverse)
+        return torch.cat([ident, moved], dim=0).index_select(0, self._order.to(u.device)), logdet
+
+
+class AffineCoupling(FeatureMajorCoupling, CouplingTransform):
     r"""Affine coupling ``y_T = x_T e^{s} + t``, ``(t, s_raw) = NN(x_I)``, ``s = s_max tanh(s_raw/s_max)``.
 
     ``forward`` log-det ``= sum s``; exactly the identity while the conditioner outputs zero.
@@ -99,28 +126,30 @@ class AffineCoupling(CouplingTransform):
         shift, log_scale = self._shift_log_scale(transform_params)
         return (inputs - shift) * torch.exp(-log_scale), -log_scale.sum(1)
 
+    def _feature_major_transform(self, x, params, inverse):
+        n = self.num_transform_features
+        shift, log_scale = params[:n], self.scale_max * torch.tanh(params[n:] / self.scale_max)
+        if inverse:
+            return (x - shift) * torch.exp(-log_scale), -log_scale.sum(0)
+        return x * torch.exp(log_scale) + shift, log_scale.sum(0)
 
-class SplineCoupling(PiecewiseRationalQuadraticCouplingTransform):
-    """nflows' rational-quadratic spline coupling with linear tails, calling nflows' spline directly.
 
-    nflows rescales the bin logits by ``1/sqrt(hidden)`` (and warns when it cannot); our
-    conditioners start at exactly zero output, so no rescaling is needed or done.
+class SplineCoupling(FeatureMajorCoupling, PiecewiseRationalQuadraticCouplingTransform):
+    """nflows' rational-quadratic spline coupling with linear tails, computed by :func:`rgflow.flows.spline.rq_spline`.
+
+    Parameters, masks and state-dict keys are nflows'; the spline is rgflow's feature-major one
+    (no boolean-mask indexing, vectorised over bins). nflows rescales the bin logits by
+    ``1/sqrt(hidden)`` (and warns when it cannot); our conditioners start at exactly zero output,
+    so no rescaling is needed or done.
     """
 
-    def _piecewise_cdf(self, inputs, transform_params, inverse=False):
-        K = self.num_bins
-        return unconstrained_rational_quadratic_spline(
-            inputs,
-            transform_params[..., :K],
-            transform_params[..., K : 2 * K],
-            transform_params[..., 2 * K :],
-            inverse=inverse,
-            tails="linear",
-            tail_bound=self.tail_bound,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
+    def _feature_major_transform(self, x, params, inverse):
+        return rq_spline(x, params.view(x.shape[0], 3 * self.num_bins - 1, x.shape[1]), self.tail_bound, inverse)
+
+    def _coupling_transform(self, inputs, transform_params, inverse=False):
+        params = transform_params.reshape(inputs.shape[0], inputs.shape[1], -1).permute(1, 2, 0)
+        y, logdet = rq_spline(inputs.T, params, self.tail_bound, inverse)
+        return y.T, logdet
 
 
 class OddSplineCoupling(CouplingTransform):
@@ -147,7 +176,7 @@ class OddSplineCoupling(CouplingTransform):
         K, B, n = self.num_bins, self.tail_bound, self.num_transform_features
         pre, post = transform_params[:, :n], transform_params[:, n : 2 * n]
         knots = transform_params[:, 2 * n :].reshape(inputs.shape[0], n, 3 * K)
-        unit_slope = knots.new_full(knots.shape[:-1] + (1,), _UNIT_SLOPE)
+        unit_slope = knots.new_full(knots.shape[:-1] + (1,), UNIT_SLOPE_LOGIT)
         derivatives = torch.cat([knots[..., 2 * K :], unit_slope], dim=-1)
         u = inputs - post if inverse else inputs - pre
         a = u.abs()
@@ -166,9 +195,6 @@ class OddSplineCoupling(CouplingTransform):
         return self._spline(inputs, transform_params, inverse=True)
 
 
-_UNIT_SLOPE = math.log(math.expm1(1 - DEFAULT_MIN_DERIVATIVE))  # softplus(b) + min_derivative = 1
-
-
 def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_bound: float = 4.0,
                     symmetry: str | None = None):
     """nflows rational-quadratic spline coupling, linear tails, identity at initialisation.
@@ -184,14 +210,27 @@ def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_boun
         net = ConditionerMLP(in_features, out_features, hidden, layers)
         with torch.no_grad():
             if odd:  # [pre-shifts, post-shifts | knots (3K per feature)]
-                net.out.bias[2 * n_transformed :].view(n_transformed, -1)[:, 2 * num_bins :] = _UNIT_SLOPE
+                net.out.bias[2 * n_transformed :].view(n_transformed, -1)[:, 2 * num_bins :] = UNIT_SLOPE_LOGIT
                 return Z2Conditioner(net, 2 * n_transformed)
-            net.out.bias.view(n_transformed, -1)[:, 2 * num_bins :] = _UNIT_SLOPE
+            net.out.bias.view(n_transformed, -1)[:, 2 * num_bins :] = UNIT_SLOPE_LOGIT
         return net
 
     if odd:
         return OddSplineCoupling(mask, create, num_bins=num_bins, tail_bound=tail_bound)
     return SplineCoupling(mask, create, num_bins=num_bins, tails="linear", tail_bound=tail_bound)
+
+
+class BlockStack(CompositeTransform):
+    """nflows' ``CompositeTransform`` of block bijections, with the feature-major path of
+    :func:`rgflow.flows.base.block_map` (same state-dict keys, so saved runs load unchanged)."""
+
+    def feature_major(self, u: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u [F, N] -> (v [F, N], ln|det| [N])`` through every member in order (reversed for ``inverse``)."""
+        total = u.new_zeros(u.shape[1])
+        for t in (reversed(self._transforms) if inverse else self._transforms):
+            u, logdet = block_map(t, u, inverse)
+            total = total + logdet
+        return u, total
 
 
 def block_masks(block: int, channels: int, n: int) -> list[torch.Tensor]:
@@ -263,7 +302,7 @@ def make_block(
         raise ValueError(f"symmetry={symmetry!r} is not available for block kind {kind!r}; allowed: {allowed}")
     features = channels * block * block
     if kind == "ode":
-        return CompositeTransform([ODEBlock(features, hidden, layers, ode_method, ode_steps, symmetry=symmetry)
+        return BlockStack([ODEBlock(features, hidden, layers, ode_method, ode_steps, symmetry=symmetry)
                                    for _ in range(n_couplings)])
     layers_ = []
     for mask in block_masks(block, channels, n_couplings):
@@ -277,4 +316,4 @@ def make_block(
             layers_.append(AffineCoupling(mask, create))
         else:
             layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound, symmetry))
-    return CompositeTransform(layers_)
+    return BlockStack(layers_)

@@ -31,6 +31,10 @@ class IdentityBlock(Transform):
     def inverse(self, inputs, context=None):
         return inputs, inputs.new_zeros(inputs.shape[0])
 
+    def feature_major(self, u, inverse=False):
+        """Feature-major path (:func:`rgflow.flows.base.block_map`): ``[F, N]`` unchanged."""
+        return u, u.new_zeros(u.shape[1])
+
 
 class HaarBlock(Transform):
     r"""Orthonormal Haar transform of every ``2 x 2`` cell of a ``b x b`` block, per channel.
@@ -64,6 +68,11 @@ class HaarBlock(Transform):
 
     def inverse(self, inputs, context=None):  # H is symmetric and orthogonal: its own inverse
         return inputs @ self.matrix.T.to(inputs.dtype), inputs.new_zeros(inputs.shape[0])
+
+    def feature_major(self, u, inverse=False):
+        """Feature-major path (:func:`rgflow.flows.base.block_map`): ``u [F, N] -> H u`` (``H^T u`` inverse)."""
+        m = self.matrix.to(u.dtype)
+        return (m if inverse else m.T) @ u, u.new_zeros(u.shape[1])
 
 
 def haar_flow(layout, channels: int = 1):
