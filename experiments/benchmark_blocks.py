@@ -7,7 +7,9 @@ count matches the spline flow's (reported per row).
 
 Variants: ``spline`` (rational-quadratic spline couplings, the default), ``spline-z2`` (odd
 splines with even conditioners), ``ode`` (neural-ODE blocks, RK4, exact trace) and ``ode-z2``
-(odd velocity field). Cases (see ``benchmark_reverse_kl.CASES``): ``phi4-L8`` (tutorial point),
+(odd velocity field), ``ode-cnn`` (a neural-ODE CNN on every level's sublattice, width 16, RK4 with 4
+steps, colouring-probe divergence) and ``spline+ode-cnn`` (spline blocks on level 0, ODE-CNN levels >= 1).
+Cases (see ``benchmark_reverse_kl.CASES``): ``phi4-L8`` (tutorial point),
 ``ising-L16`` (HS relaxation at T_c), ``phi4-L32`` (m2 = -4, lam = 4.572).
 
 Usage::
@@ -41,7 +43,12 @@ VARIANTS = {
     "spline-z2": {"block": "spline", "symmetric": True},
     "ode": {"block": "ode"},
     "ode-z2": {"block": "ode", "symmetric": True},
+    "ode-cnn": {"block": "ode-cnn", "hidden": 16, "ode_steps": 4},
+    "spline+ode-cnn": {"block": "spline", "ode_levels": "1:", "ode_steps": 4},
 }
+#: variants whose width is set, not matched: a level's CNN shares its weights over the whole sublattice, so
+#: matching the spline flow's parameter count would take ~250 channels
+FIXED_WIDTH = ("ode-cnn", "spline+ode-cnn")
 
 
 def n_params(cfg: TrainConfig) -> int:
@@ -52,7 +59,7 @@ def matched_config(case: str, variant: str, **extra) -> TrainConfig:
     """The variant's config, its ``hidden`` width chosen to match the default spline flow's parameters."""
     target = n_params(TrainConfig(**CASES[case], steps=1))
     cfg = TrainConfig(**CASES[case], **VARIANTS[variant], **extra)
-    if VARIANTS[variant]["block"] != "spline":
+    if VARIANTS[variant]["block"] != "spline" and variant not in FIXED_WIDTH:
         cfg.hidden = min(range(8, 257), key=lambda h: abs(n_params(TrainConfig(**{**cfg.to_dict(), "hidden": h}))
                                                          - target))
     return cfg
@@ -64,7 +71,7 @@ def run_variant(case: str, variant: str, minutes: float, n_eval: int, work: Path
     shutil.rmtree(run_dir, ignore_errors=True)
     summary = train(cfg, run_dir)
     rec = {"case": case, "flow": variant, "train_seconds": summary["elapsed"], "steps": summary["step"]}
-    if cfg.block == "ode":  # 10-100x slower to sample: fewer evaluation samples, smaller batches
+    if cfg.block in ("ode", "ode-cnn") or cfg.ode_levels:  # 10-100x slower to sample: fewer samples, smaller batches
         return evaluate_case(rec, run_dir, n_eval_ode, seed, batch=128)
     return evaluate_case(rec, run_dir, n_eval, seed)
 

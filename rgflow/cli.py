@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml, normalize_keys
-from rgflow.flows.couplings import BLOCK_KINDS
+from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.physics.models import ACTION_PARAMS
 
@@ -55,7 +55,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     _physics_arguments(p)
     flow = p.add_argument_group("flow")
     flow.add_argument("--flow", choices=["mera", "tebd", "flat"], default=S, help="hierarchy (flat: tutorial baseline)")
-    flow.add_argument("--block", choices=list(BLOCK_KINDS), default=S, help="block bijection")
+    flow.add_argument("--block", choices=list(FLOW_BLOCK_KINDS), default=S,
+                      help="block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice)")
     flow.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side b (even)")
     flow.add_argument("--n-couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
     flow.add_argument("--couplings", dest="n_couplings", type=int, default=S, action=_DeprecatedFlag,
@@ -69,8 +70,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     flow.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
     flow.add_argument("--symmetric", action="store_true", default=S,
                       help="exactly symmetric blocks: Z2 (phi -> -phi) for real fields, U(1) for complex (ode)")
+    flow.add_argument("--symmetrize", choices=["auto", "none", "z2", "d4", "z2xd4"], default=S,
+                      help="train and sample the exact mixture q_G(x) = mean_g q(g x) over this symmetry group "
+                           "of the action (z2: phi -> -phi; d4: lattice rotations/reflections; z2xd4: both); "
+                           "default auto: z2 for the Ising model, none otherwise")
     flow.add_argument("--ode-method", dest="ode_method", choices=["rk4", "euler", "midpoint", "dopri5"], default=S)
     flow.add_argument("--ode-steps", dest="ode_steps", type=int, default=S, help="fixed-step ODE solver steps")
+    flow.add_argument("--ode-levels", dest="ode_levels", default=S,
+                      help="neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels >= 2, '0,1'")
     flow.add_argument("--ode-kinetic", dest="ode_kinetic", type=float, default=S, help="RNODE kinetic-energy weight")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
@@ -97,6 +104,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=S, help="train by maximum likelihood (forward KL) on this ensemble .npz "
                    "(from `rgflow mcmc ... --out`); the action, couplings and L are the ensemble's")
     p.add_argument("--holdout", type=float, default=S, help="held-out fraction of --data (fixed by --seed)")
+    p.add_argument("--init-from", dest="init_from", default=S,
+                   help="start from the trained flow of this run folder on a smaller lattice (L = L0 * 2^k, same "
+                        "architecture): its levels become the coarse levels here")
+    p.add_argument("--init-finest", dest="init_finest", choices=["copy", "identity"], default=S,
+                   help="with --init-from: the k new fine levels copy the finest trained level (default) or start "
+                        "at the identity")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
@@ -178,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = normalize_keys({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     params = {**data.pop("params"), **flags.pop("params")}
     data.update(flags)
+    if data.get("symmetrize") == "none":  # TOML files and flags spell "no group" as "none"
+        data["symmetrize"] = None
     if "steps" not in data and "minutes" not in data:
         data["minutes"] = 5.0
     if data.get("data") and not args.resume:
@@ -210,8 +225,8 @@ def _format_eval(res: dict) -> str:
         f"  ESS/N            {res['ess']:.4f}",
         f"  IMH acceptance   {res['imh_acceptance']:.4f}",
         f"  ln Z             {fmt(res['lnZ'], res['lnZ_err'])}" + (f"   exact {res['lnZ_exact']:.6f}" if "lnZ_exact" in res else ""),
-        f"  Pareto k         {res['pareto_k']:.3f}" + ("" if res["lnZ_reliable"] else
-                                                       "   (> 0.7: heavy-tailed weights, ln Z and its error unreliable)"),
+        *(f"    WARNING: {w}" for w in res.get("lnZ_warnings", [])),
+        f"  Pareto k         {res['pareto_k']:.3f}",
         f"  F_var            {fmt(res['f_variational'], res['f_variational_err'])}"
         + (f"   KL(q||p) = {res['kl']:.4f}" if "kl" in res else ""),
         f"  {'observable':<10} {'reweighted':>16} {'IMH':>16} {'tau_int(IMH)':>14}",

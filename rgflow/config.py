@@ -21,8 +21,8 @@ from typing import ClassVar
 from pathlib import Path
 
 from rgflow.defaults import FLOW_DEFAULTS, deprecated, spline_range
-from rgflow.flows.couplings import BLOCK_KINDS
 from rgflow.flows.priors import PRIOR_KINDS
+from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
 from rgflow.physics.models import ACTION_PARAMS, Action, make_action
 
 if sys.version_info >= (3, 11):
@@ -150,21 +150,28 @@ class TrainConfig(LoopConfig):
     prior: str = FLOW_DEFAULTS["prior"]
     learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
     symmetric: bool = False
+    symmetrize: str | None = "auto"
     ode_method: str = "rk4"
     ode_steps: int = 8
+    ode_levels: str | None = None
     ode_kinetic: float = 0.0
     path_gradient: bool = False
+    # size transfer: start from the flow of a run on a smaller lattice (L = L_0 2^k)
+    init_from: str | None = None
+    init_finest: str = "copy"
     # training from data (forward KL) instead of from the action
     data: str | None = None
     holdout: float = 0.1
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
-        "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "ode_method",
-        "ode_steps",
+        "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "symmetrize",
+        "ode_method", "ode_steps", "ode_levels",
     )
 
     def __post_init__(self):
+        if self.symmetrize == "auto":  # the Z2 mixture where a flow is known to miss a sector: the Ising model
+            self.symmetrize = "z2" if self.action == "ising" and not self.symmetric else None
         num_bins, tail_bound = spline_range(self.action)
         if self.tail_bound is None:
             self.tail_bound = tail_bound
@@ -180,7 +187,7 @@ class TrainConfig(LoopConfig):
         self.validate_loop()
         choice("action", list(ACTION_PARAMS))
         choice("flow", FLOW_KINDS)
-        choice("block", BLOCK_KINDS)
+        choice("block", FLOW_BLOCK_KINDS)
         choice("prior", PRIOR_KINDS)
         choice("ode_method", ("rk4", "euler", "midpoint", "dopri5"))
         for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "ode_steps"):
@@ -195,18 +202,29 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved
         if self.symmetric:
-            allowed = ("affine", "spline", "ode") if self.symmetry == "z2" else ("ode",)
+            allowed = ("affine", "spline", "ode", "ode-cnn") if self.symmetry == "z2" else ("ode",)
             if self.flow == "flat" or self.block not in allowed:
                 raise ValueError(f"symmetric={self.symmetric} needs flow='mera' or 'tebd' and block in {allowed} "
                                  f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")
+        from rgflow.flows.symmetrize import SYMMETRY_GROUPS
+
+        choice("symmetrize", (None, *SYMMETRY_GROUPS))
+        choice("init_finest", ("copy", "identity"))
+        if self.symmetrize in ("z2", "z2xd4") and self.symmetric and self.symmetry == "z2":
+            raise ValueError(f"symmetrize={self.symmetrize!r} with symmetric=true is not allowed: the blocks are "
+                             "already exactly Z2-odd (use one or the other)")
         if self.flow == "flat":
             if self.L < 2 or self.L % 2:
                 raise ValueError(f"L={self.L} is not allowed for flow='flat': the checkerboard needs an even L >= 2")
         else:  # the layout validates L against the block size
             from rgflow.layout import Layout
 
-            Layout(self.L, block_size=self.block_size, kind=self.flow, depth=self.depth or (1 if self.flow == "tebd" else None),
-                   repeats=self.repeats)
+            layout = Layout(self.L, block_size=self.block_size, kind=self.flow,
+                            depth=self.depth or (1 if self.flow == "tebd" else None), repeats=self.repeats)
+            if self.ode_levels is not None:
+                from rgflow.flows.rgflow import parse_levels
+
+                parse_levels(self.ode_levels, layout.n_levels)
 
     @property
     def symmetry(self) -> str | None:

@@ -114,7 +114,8 @@ def _markdown(cfg: TrainConfig, summary: dict, ev: dict, ref: dict, n_params: in
         "|---|---|",
         f"| ESS / N | {ev['ess']:.4f} |",
         f"| IMH acceptance | {ev['imh_acceptance']:.4f} |",
-        f"| ln Z (reweighted) | {fmt(ev['lnZ'], ev['lnZ_err'])} |",
+        f"| ln Z (reweighted) | {fmt(ev['lnZ'], ev['lnZ_err'])}"
+        + "".join(f" — **warning:** {w}" for w in ev.get("lnZ_warnings", [])) + " |",
         f"| Pareto k of the weights (reliable below 0.7) | {ev['pareto_k']:.3f} |",
         f"| F_var (upper bound on -ln Z) | {fmt(ev['f_variational'], ev['f_variational_err'])} |",
         "",

@@ -18,9 +18,15 @@ def _shapes(module):
 
 @pytest.mark.parametrize("action,spline", [("phi4", {}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
 def test_build_flow_defaults_equal_the_training_config(action, spline):
-    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, prior, spline range)."""
+    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, prior, spline range);
+    for the Ising model `rgflow train` trains its Z2 mixture (--symmetrize auto)."""
+    from rgflow.flows.symmetrize import SymmetrizedFlow
+
     api = build_flow(Layout(8), **spline)
     cli = build_model(TrainConfig(action=action, L=8, steps=1))
+    if action == "ising":
+        assert isinstance(cli, SymmetrizedFlow) and cli.group == "z2"
+        cli = cli.flow
     assert _shapes(api) == _shapes(cli)
     assert type(api.sublayers[0].transform._transforms[0]) is type(cli.sublayers[0].transform._transforms[0])
     spl = cli.sublayers[0].transform._transforms[0]

@@ -30,7 +30,7 @@ from nflows.transforms.base import Transform
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["ODEBlock", "ODE_METHODS", "SYMMETRIES"]
+__all__ = ["ODEBlock", "ODE_METHODS", "SYMMETRIES", "integrate"]
 
 ODE_METHODS = ("rk4", "euler", "midpoint", "dopri5")
 SYMMETRIES = (None, "z2", "u1")
@@ -112,6 +112,27 @@ class _Dynamics(nn.Module):
         return out if self.create_graph else tuple(o.detach() for o in out)
 
 
+def integrate(dynamics: nn.Module, x: torch.Tensor, t0: float, t1: float, method: str, steps: int, rtol: float,
+              atol: float, adjoint: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve the augmented ODE ``(x, ln|det|, kinetic)`` of ``dynamics`` from ``t0`` to ``t1``:
+    returns ``(x(t1), ln|det dx(t1)/dx(t0)| [B], |int |f|^2 dt| [B])``.
+
+    ``dynamics(t, (x, ., .)) -> (f, tr df/dx, |f|^2)`` with a ``create_graph`` flag (set here: graphs
+    only when gradients are on). Fixed-step solvers take ``steps`` steps; torchdiffeq runs a
+    decreasing time grid by flipping time, so the step stays positive. ``adjoint`` solves for the
+    gradients backwards in time (memory independent of the number of steps).
+    """
+    zeros = x.new_zeros(x.shape[0])
+    times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+    options = {"step_size": abs(t1 - t0) / steps} if method != "dopri5" else None
+    dynamics.create_graph = torch.is_grad_enabled()
+    solve = odeint_adjoint if adjoint else odeint
+    extra = {"adjoint_params": tuple(dynamics.parameters())} if adjoint else {}
+    xs, logdets, kinetic = solve(dynamics, (x, zeros, zeros), times, method=method, rtol=rtol, atol=atol,
+                                 options=options, **extra)
+    return xs[-1], logdets[-1], kinetic[-1].abs()
+
+
 class ODEBlock(Transform):
     """Neural-ODE bijection on ``[N, D]`` with exact ``ln |det|`` (see module docstring).
 
@@ -139,17 +160,9 @@ class ODEBlock(Transform):
         self.kinetic: torch.Tensor | None = None
 
     def _solve(self, x: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
-        # torchdiffeq integrates decreasing time grids by flipping time: the step stays positive
-        options = {"step_size": abs(t1 - t0) / self.steps} if self.method != "dopri5" else None
-        self.dynamics.create_graph = torch.is_grad_enabled()
-        solve = odeint_adjoint if self.adjoint else odeint
-        extra = {"adjoint_params": tuple(self.dynamics.parameters())} if self.adjoint else {}
-        xs, logdets, kinetic = solve(self.dynamics, (x, zeros, zeros), times, method=self.method, rtol=self.rtol,
-                                     atol=self.atol, options=options, **extra)
-        self.kinetic = kinetic[-1].abs()
-        return xs[-1], logdets[-1]
+        x, logdet, self.kinetic = integrate(self.dynamics, x, t0, t1, self.method, self.steps, self.rtol, self.atol,
+                                            self.adjoint)
+        return x, logdet
 
     def forward(self, inputs, context=None):
         return self._solve(inputs, 0.0, 1.0)

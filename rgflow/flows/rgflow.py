@@ -21,7 +21,30 @@ from rgflow.flows.priors import Prior
 from rgflow.layout import Layout
 from rgflow.physics.fields import check_field
 
-__all__ = ["FieldFlow", "RGFlow", "build_flow"]
+__all__ = ["FieldFlow", "RGFlow", "build_flow", "FLOW_BLOCK_KINDS", "parse_levels"]
+
+#: block kinds of :func:`build_flow`: the block bijections, and ``"ode-cnn"`` (an ODE-CNN layer per level)
+FLOW_BLOCK_KINDS = ("affine", "spline", "ode", "ode-cnn")
+
+
+def parse_levels(spec: str, n_levels: int) -> list[int]:
+    """Levels named by ``spec``: ``":"`` (all), ``"2:"``, ``":2"``, ``"1:3"`` (slices) or ``"0,2"`` (a list).
+
+    Raises:
+        ValueError: naming the spec and the levels that exist.
+    """
+    allowed = f"levels 0..{n_levels - 1} as ':', 'a:', ':b', 'a:b' or 'a,b,...'"
+    try:
+        if ":" in spec:
+            a, b = spec.split(":")
+            levels = list(range(n_levels))[slice(int(a) if a else None, int(b) if b else None)]
+        else:
+            levels = sorted({int(v) for v in spec.split(",")})
+    except ValueError:
+        raise ValueError(f"ode_levels={spec!r} is not allowed; allowed: {allowed}") from None
+    if not levels or any(not 0 <= v < n_levels for v in levels):
+        raise ValueError(f"ode_levels={spec!r} selects no level or a level that does not exist; allowed: {allowed}")
+    return levels
 
 
 class FieldFlow(Transform):
@@ -72,7 +95,7 @@ class FieldFlow(Transform):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n (number of samples) must be a positive integer, got {n!r}")
         z = self.prior.sample(n, generator=generator)
-        x, logdet = self.inverse(z)
+        x, logdet = self.apply(z, inverse=True)  # z is the prior's own draw: no validation scan
         return x, self.prior.log_prob(z) - logdet
 
 
@@ -84,12 +107,22 @@ class RGFlow(FieldFlow):
         blocks: one block bijection per ``layout.sublayers`` entry, each an nflows-compatible
             transform on ``[N, C b^2]`` (block types may differ per level).
         prior: a :class:`~rgflow.flows.priors.Prior` over the latents.
+        level_layers: ``{level: field transform}`` that replace all sublayers of those levels (e.g.
+            :class:`~rgflow.flows.ode_cnn.ODECNNLevel`); their ``blocks`` entries are ignored.
     """
 
-    def __init__(self, layout: Layout, blocks: Sequence[Transform], prior: Prior):
+    def __init__(self, layout: Layout, blocks: Sequence[Transform | None], prior: Prior,
+                 level_layers: dict[int, Transform] | None = None):
         if len(blocks) != len(layout.sublayers):
             raise ValueError(f"blocks must have one transform per sublayer ({len(layout.sublayers)}), got {len(blocks)}")
-        super().__init__([BlockSublayer(s, b) for s, b in zip(layout.sublayers, blocks)], prior)
+        level_layers = level_layers or {}
+        layers: list[Transform] = []
+        for s, b in zip(layout.sublayers, blocks):
+            if s.level not in level_layers:
+                layers.append(BlockSublayer(s, b))
+            elif level_layers[s.level] not in layers:
+                layers.append(level_layers[s.level])
+        super().__init__(layers, prior)
         self.layout = layout
 
 
@@ -104,6 +137,7 @@ def build_flow(
     learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"],
     *,
     couplings: int | None = None,
+    ode_levels: str | None = None,
     **block_kwargs,
 ) -> RGFlow:
     """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer).
@@ -114,6 +148,10 @@ def build_flow(
     block, width 32, learned per-level prior scales. ``block_kwargs`` go to
     :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``symmetry``, ODE options).
 
+    ``block="ode-cnn"`` puts an :class:`~rgflow.flows.ode_cnn.ODECNNLevel` (a CNN velocity of width
+    ``hidden`` with ``layers`` convolutions, solver ``ode_method``/``ode_steps``) on every level;
+    ``ode_levels`` (e.g. ``"2:"``) puts one on those levels only and ``block`` blocks on the others.
+
     With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
@@ -123,8 +161,23 @@ def build_flow(
     u1 = block_kwargs.get("symmetry") == "u1"
     if u1 and prior != "normal":
         raise ValueError(f"prior={prior!r} is not allowed with symmetry='u1' (not rotation invariant); allowed: 'normal'")
+    if block not in FLOW_BLOCK_KINDS and block != "haar":
+        raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
+    ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
+    if ode:
+        from rgflow.flows.ode_cnn import ODECNNLevel
+
+        if block_kwargs.get("symmetry") not in (None, "z2"):
+            raise ValueError(f"symmetry={block_kwargs['symmetry']!r} is not available for ode-cnn levels; allowed: None, 'z2'")
+        opts = {k: block_kwargs[k] for k, name in (("ode_method", "method"), ("ode_steps", "steps")) if k in block_kwargs}
+        level_layers = {lvl: ODECNNLevel(layout, lvl, channels, hidden, layers, method=opts.get("ode_method", "rk4"),
+                                         steps=opts.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"))
+                        for lvl in ode}
+    else:
+        level_layers = {}
     blocks = [
+        None if s.level in level_layers else
         make_block(block, layout.block_size, channels, n_couplings, hidden, layers, **block_kwargs)
-        for _ in layout.sublayers
+        for s in layout.sublayers
     ]
-    return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1))
+    return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)

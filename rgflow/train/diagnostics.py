@@ -9,6 +9,10 @@ With log weights ``ln w = -S - ln q`` (``S`` in the action's frame, ``ln q`` exa
   Above it the weights have effectively infinite variance: ``lnZ`` is biased low and
   ``lnZ_err`` underestimates the error, whatever the ESS says;
 * ``f_variational`` -- ``mean(ln q + S) - offset >= -lnZ_exact``; ``kl = f_variational + lnZ_exact``;
+* ``sector_balance`` -- for a Z2-symmetric action and a real field, the mean sign of the magnetisation
+  under ``q`` (unweighted); a flow that sees both sectors gives about 0. Above ``SECTOR_WARN`` in
+  magnitude ``lnZ_warning`` says that ``ln Z`` may miss up to ``ln 2`` (a whole sector), which no
+  weight diagnostic can see;
 * ``imh_acceptance`` and IMH observables with tau_int-corrected errors; reweighted observables
   with jackknife errors.
 """
@@ -23,7 +27,22 @@ from rgflow.mcmc.imh import independence_metropolis
 from rgflow.physics.observables import chain_observables, estimate_observables, primaries
 from rgflow.stats import KHAT_RELIABLE, effective_sample_size, log_mean_exp, pareto_khat
 
-__all__ = ["draw", "weight_summary", "evaluate"]
+__all__ = ["draw", "weight_summary", "evaluate", "SECTOR_WARN", "lnz_warnings"]
+
+#: ``|mean sign(m)|`` under the flow above which a Z2-symmetric model's ``ln Z`` gets a warning
+SECTOR_WARN = 0.5
+
+
+def lnz_warnings(res: dict) -> list[str]:
+    """Why the ``ln Z`` of an :func:`evaluate` result may not be trusted (empty list: no known reason)."""
+    out = []
+    if not res.get("lnZ_reliable", True):
+        out.append(f"Pareto k = {res['pareto_k']:.2f} > 0.7: heavy-tailed weights, ln Z biased low and its error too small")
+    balance = res.get("sector_balance")
+    if balance is not None and abs(balance) > SECTOR_WARN:
+        out.append(f"the flow samples mostly one Z2 sector (mean sign of m = {balance:+.2f}) of a symmetric action: "
+                   "ln Z may miss up to ln 2; train with --symmetrize z2")
+    return out
 
 
 @torch.no_grad()
@@ -89,6 +108,9 @@ def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: in
     chain, acceptance = independence_metropolis(log_w, seed=seed)
     out["imh_acceptance"] = acceptance
     field = action.measurement_field(x, generator=torch.Generator(device=device).manual_seed(seed + 1))
+    if action.sign_symmetric and field.shape[1] == 1:
+        out["sector_balance"] = float(torch.sign(field.sum(dim=(1, 2, 3))).double().mean())
+    out["lnZ_warnings"] = lnz_warnings(out)
     prim = primaries(field)
     prim_rw = dict(prim, L=L)
     C = field.shape[1]

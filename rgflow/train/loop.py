@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgflow.config import TrainConfig
+from rgflow.flows.base import device_of
 from rgflow.flows.flat import build_flat_flow
 from rgflow.flows.rgflow import FieldFlow, build_flow
 from rgflow.layout import Layout
@@ -77,7 +78,13 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         layout = Layout(cfg.L, block_size=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
-                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps)
+                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
+                          ode_levels=cfg.ode_levels)
+    if cfg.symmetrize:
+        from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
+
+        check_invariance(cfg.make_action(), cfg.symmetrize, cfg.L, channels)
+        flow = SymmetrizedFlow(flow, cfg.symmetrize)
     return flow.to(dtype=_DTYPES[cfg.dtype], device=device or cfg.device)
 
 
@@ -94,6 +101,8 @@ def read_run_config(run_dir: str | Path) -> dict:
         raise RunFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise RunFolderError(f"{cfg_path}: not a run configuration")
+    if data.get("kind", "flow") == "flow":
+        data.setdefault("symmetrize", None)  # folders from before symmetrised flows hold plain flows
     return data
 
 
@@ -140,6 +149,34 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     flow = build_model(cfg)
     flow.load_state_dict(state["model"])
     return cfg, flow, state
+
+
+#: config keys that must agree between a run and the run it starts from (``--init-from``)
+_TRANSFER_KEYS = ("action", "flow", "block", "block_size", "n_couplings", "hidden", "layers", "repeats", "depth",
+                  "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric")
+
+
+def init_from_run(cfg: TrainConfig, flow: torch.nn.Module) -> dict:
+    """Copy the flow of the run ``cfg.init_from`` (a smaller lattice) into ``flow`` (:func:`rgflow.flows.transfer.grow_flow`).
+
+    Raises:
+        RunFolderError / ValueError: in one line, naming the folder and what differs.
+    """
+    from rgflow.flows.transfer import grow_flow, level_offset
+
+    src_cfg, src_flow, _ = load_run(cfg.init_from, device=str(device_of(flow)))
+    diff = [f"{k}={getattr(src_cfg, k)!r} there, {getattr(cfg, k)!r} here" for k in _TRANSFER_KEYS
+            if getattr(src_cfg, k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--init-from {cfg.init_from}: the architecture must match (L may grow by a power of 2, "
+                         f"couplings may differ); " + "; ".join(diff))
+    try:
+        level_offset(src_cfg.L, cfg.L)
+    except ValueError as exc:
+        raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
+    info = grow_flow(src_flow, flow, cfg.init_finest)
+    log.info("initialised from %s (L=%d -> %d, levels shifted by %d)", cfg.init_from, src_cfg.L, cfg.L, info["offset"])
+    return info
 
 
 def _lr_factor(cfg, progress: float) -> float:
@@ -200,7 +237,9 @@ class Task:
     * ``quick_eval(step)`` -- a small evaluation logged every ``eval_every`` steps (rank 0);
     * ``log_extras()`` -- extra numbers for each logged step (e.g. the batch ESS), all ranks;
     * ``after_step()`` -- called after every optimiser step (e.g. an EMA update);
-    * ``extra_state()`` / ``load_extra_state(state)`` -- more checkpointed tensors (e.g. EMA weights).
+    * ``extra_state()`` / ``load_extra_state(state)`` -- more checkpointed tensors (e.g. EMA weights);
+    * ``initialise()`` -- called once before the first step of a new run, not on resume (e.g. weights
+      from another run).
     """
 
     model: torch.nn.Module
@@ -211,6 +250,7 @@ class Task:
     after_step: Callable[[], None] = lambda: None
     extra_state: Callable[[], dict] = lambda: {}
     load_extra_state: Callable[[dict], None] = lambda state: None
+    initialise: Callable[[], None] = lambda: None
 
 
 def _flow_task(cfg: TrainConfig, ctx: DistContext, device: str) -> Task:
@@ -228,7 +268,7 @@ def _flow_task(cfg: TrainConfig, ctx: DistContext, device: str) -> Task:
         return {"ess_batch": effective_sample_size(log_w)}
 
     return Task(flow, loss_fn, gen, quick_eval=lambda step: _quick_eval(flow, action, cfg.eval_samples, seed=step),
-                log_extras=log_extras)
+                log_extras=log_extras, initialise=(lambda: init_from_run(cfg, flow)) if cfg.init_from else lambda: None)
 
 
 def _forward_kl_task(cfg: TrainConfig, flow: FieldFlow, action, gen: torch.Generator, device: str) -> Task:
@@ -302,6 +342,8 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistCon
     flow, gen = task.model, task.generator
     config_cls = type(cfg)
     saved = load_checkpoint(previous, cfg.to_dict(), device, config_cls) if resume else None  # validate first
+    if saved is None:
+        task.initialise()  # before the folder is written: a refused --init-from leaves nothing behind
     if ctx.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ class ReverseKL(nn.Module):
     """``forward(batch_size) -> loss``, the Monte Carlo estimate of ``F_var``.
 
     Args:
-        flow: the sampler ``q``; action: callable ``S: [B, C, L, L] -> [B]``.
+        flow: the sampler ``q``: any model with a reparametrised ``sample(n, generator) -> (x, ln q)``
+            and ``log_prob`` (a flow, a symmetrised flow); action: callable ``S: [B, C, L, L] -> [B]``.
         path_gradient: use the "sticking the landing" estimator (Roeder et al. 2017;
             Vaitl et al. 2022): ``ln q`` is re-evaluated at the sampled ``x`` with the
             parameters detached, so the gradient flows only through the sample path. Same
@@ -45,9 +46,10 @@ class ReverseKL(nn.Module):
                  kinetic_weight: float = 0.0):
         super().__init__()
         from rgflow.flows.ode import ODEBlock
+        from rgflow.flows.ode_cnn import ODECNNLevel
 
         self.kinetic_weight = kinetic_weight
-        self._ode_blocks = [m for m in flow.modules() if isinstance(m, ODEBlock)]
+        self._ode_blocks = [m for m in flow.modules() if isinstance(m, (ODEBlock, ODECNNLevel))]
         self.flow = flow
         self.generator = generator
         self.action = action
@@ -56,16 +58,13 @@ class ReverseKL(nn.Module):
         self.last_log_w: torch.Tensor | None = None
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        z = self.flow.prior.sample(batch_size, generator=self.generator)
-        x, logdet = self.flow.inverse(z)
+        x, log_q = self.flow.sample(batch_size, generator=self.generator)
         # the kinetic energy of the sampling pass (the path-gradient re-evaluation below runs the
         # ODE blocks again with detached parameters and would overwrite it)
         kinetic = self._kinetic(batch_size) if self.kinetic_weight > 0 and self._ode_blocks else None
         if self.path_gradient:
             detached = {"flow." + k: v.detach() for k, v in self.flow.named_parameters()}
             log_q = functional_call(self._log_prob, detached, (x,), strict=False)
-        else:
-            log_q = self.flow.prior.log_prob(z) - logdet
         S = self.action(x)
         self.last_log_w = (-S - log_q).detach()
         loss = (log_q + S).mean()

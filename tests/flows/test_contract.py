@@ -38,6 +38,7 @@ CASES = {
     "affine-z2-block": lambda: _vector(make_block("affine", 2, 1, n_couplings=4, hidden=8, symmetry="z2")),
     "spline-z2-block": lambda: _vector(make_block("spline", 2, 1, n_couplings=3, hidden=8, symmetry="z2")),
     "mera-ode-L4": lambda: _field(build_flow(Layout(4), block="ode", hidden=8, n_couplings=1, ode_steps=16), 1, 4),
+    "mera-ode-cnn-L4": lambda: _field(build_flow(Layout(4), block="ode-cnn", hidden=4, layers=2, ode_steps=8), 1, 4),
     "haar-block-b2": lambda: _vector(make_block("haar", 2, 1)),
     "haar-block-b4-C2": lambda: _vector(make_block("haar", 4, 2)),
     "haar-flow-L8": lambda: _field(haar_flow(Layout(8)), 1, 8),
@@ -73,7 +74,7 @@ def _make(name):
 def _perturbed(name):
     """The case with random weights (smaller for the cubic U(1) velocity) and a random input batch."""
     t, shape = _make(name)
-    _perturb(t, 0.1 if "u1" in name else 0.3)
+    _perturb(t, 0.1 if "u1" in name or "cnn" in name else 0.3)
     return t, shape, torch.randn(shape)
 
 

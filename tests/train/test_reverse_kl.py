@@ -72,6 +72,42 @@ def test_ising_relaxation_reweighted_lnZ_matches_exact(tmp_path):
     assert res["lnZ_err"] < 0.05
 
 
+def test_ising_default_is_the_z2_mixture_and_reaches_exact_lnZ(tmp_path):
+    # rgflow train --action ising symmetrises by default (--symmetrize auto -> z2): both sectors are
+    # sampled, the sector check stays quiet and ln Z agrees with the exact value
+    assert TrainConfig(action="ising", steps=1).symmetrize == "z2" and TrainConfig(steps=1).symmetrize is None
+    res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", params={"T": 2.269185314213022}, steps=800)
+    assert abs(res["sector_balance"]) < 0.05 and res["lnZ_warnings"] == []
+    assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"] and res["lnZ_err"] < 0.05
+
+
+def test_one_sector_flow_gets_the_sector_warning():
+    """A flow that only ever proposes m > 0 on a symmetric action: ln Z would be ln 2 low; eval says so."""
+    from rgflow.train.diagnostics import lnz_warnings
+
+    cfg = TrainConfig(action="ising", L=4, steps=1, symmetrize=None)
+    flow = build_model(cfg)
+    with torch.no_grad():  # shift the field far into the m > 0 sector
+        flow.prior.log_scale.fill_(-3.0)
+    shifted = _Shifted(flow, 3.0)
+    res = evaluate(shifted, cfg.make_action(), 2048)
+    assert res["sector_balance"] == 1.0
+    assert any("one Z2 sector" in w and "--symmetrize z2" in w for w in res["lnZ_warnings"])
+    assert lnz_warnings({"lnZ_reliable": True, "sector_balance": 0.01}) == []
+
+
+class _Shifted(torch.nn.Module):
+    """``x = G(z) + c``: a density with all its mass near ``+c``."""
+
+    def __init__(self, flow, c):
+        super().__init__()
+        self.flow, self.c = flow, c
+
+    def sample(self, n, generator=None):
+        x, log_q = self.flow.sample(n, generator=generator)
+        return x + self.c, log_q
+
+
 def test_kinetic_penalty_comes_from_the_sampling_pass_with_path_gradients():
     """With path gradients and the RNODE penalty both on, the penalty is that of the sampling pass,
     not of the detached re-evaluation: its gradient is the same with and without path gradients."""
