@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -119,13 +118,14 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, threads: int) -> None:
     cases = list(dict.fromkeys(r["case"] for r in results))
+    flows = [f for f in FLOWS if any(r["flow"] == f for r in results)]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.8 / len(FLOWS)
-    for k, flow in enumerate(FLOWS):
+    width = 0.8 / len(flows)
+    for k, flow in enumerate(flows):
         rs = {r["case"]: r for r in results if r["flow"] == flow}
-        offset = (k - (len(FLOWS) - 1) / 2) * width
+        offset = (k - (len(flows) - 1) / 2) * width
         xs = [i + offset for i, c in enumerate(cases) if c in rs]
         ax[0].bar(xs, [rs[c]["ess"] for c in cases if c in rs], width, label=flow)
         ax[1].bar(xs, [rs[c]["imh_acceptance"] for c in cases if c in rs], width, label=flow)
@@ -139,7 +139,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax[2].axhline(0.5, color="k", ls="--", lw=1, label="target (Ising L=8)")
     ax[2].legend()
     budgets = ", ".join(f"{r['case']}: {r['train_seconds'] / 60:.0f} min" for r in results if r["flow"] == "rgflow")
-    fig.suptitle(f"rgflow MERA flow vs flat tutorial flow, equal wall time on {os.cpu_count()} CPU cores ({budgets})")
+    fig.suptitle(f"{' vs '.join(flows)} at equal wall time, {threads} torch thread(s) per run ({budgets})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -162,8 +162,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text())["results"] if out.exists() else []
+    threads = json.loads(out.read_text())["machine"]["torch_threads"] if out.exists() else torch.get_num_threads()
     if args.report:
-        plot(results, Path(args.figure))
+        plot(results, Path(args.figure), threads)
         print(markdown_table(results))
         return
     for case in cases:
@@ -184,7 +185,7 @@ def main() -> None:
             order = {c: i for i, c in enumerate(CASES)}
             results.sort(key=lambda r: (order[r["case"]], r["flow"]))
             out.write_text(json.dumps({"machine": machine_record, "results": results}, indent=2) + "\n")
-    plot(results, Path(args.figure))
+    plot(results, Path(args.figure), torch.get_num_threads())
     print(markdown_table(results))
 
 

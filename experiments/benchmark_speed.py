@@ -173,7 +173,9 @@ def report(data: dict, figure: str) -> None:
     axes[0].set(xlabel="L", ylabel="seconds per gradient", title="gradient of S_eff through the flow (1 thread)")
     axes[1].set(xlabel="L", ylabel="S_eff gradient / action gradient", title="cost relative to the action")
     for ax in axes:
+        ax.set_xscale("log", base=2)
         ax.set_xticks(SIZES, [str(s) for s in SIZES])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figure, dpi=120)
