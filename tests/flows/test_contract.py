@@ -38,7 +38,7 @@ CASES = {
     "affine-z2-block": lambda: _vector(make_block("affine", 2, 1, n_couplings=4, hidden=8, symmetry="z2")),
     "spline-z2-block": lambda: _vector(make_block("spline", 2, 1, n_couplings=3, hidden=8, symmetry="z2")),
     "mera-ode-L4": lambda: _field(build_flow(Layout(4), block="ode", hidden=8, n_couplings=1, ode_steps=16), 1, 4),
-    "mera-ode-cnn-L4": lambda: _field(build_flow(Layout(4), block="ode-cnn", hidden=4, layers=2, ode_steps=8), 1, 4),
+    "mera-ode-cnn-L4": lambda: _field(build_flow(Layout(4), block="ode-cnn", hidden=4, layers=2, ode_steps=4), 1, 4),
     "haar-block-b2": lambda: _vector(make_block("haar", 2, 1)),
     "haar-block-b4-C2": lambda: _vector(make_block("haar", 4, 2)),
     "haar-flow-L8": lambda: _field(haar_flow(Layout(8)), 1, 8),

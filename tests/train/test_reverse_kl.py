@@ -76,7 +76,7 @@ def test_ising_default_is_the_z2_mixture_and_reaches_exact_lnZ(tmp_path):
     # rgflow train --action ising symmetrises by default (--symmetrize auto -> z2): both sectors are
     # sampled, the sector check stays quiet and ln Z agrees with the exact value
     assert TrainConfig(action="ising", steps=1).symmetrize == "z2" and TrainConfig(steps=1).symmetrize is None
-    res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", params={"T": 2.269185314213022}, steps=800)
+    res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", params={"T": 2.269185314213022}, steps=500)
     assert abs(res["sector_balance"]) < 0.05 and res["lnZ_warnings"] == []
     assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"] and res["lnZ_err"] < 0.05
 
