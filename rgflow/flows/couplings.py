@@ -91,14 +91,18 @@ class FeatureMajorCoupling:
     on ``[N, F]`` (nflows' contract) stay; both paths compute the same function.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # rows [identity | transformed] -> feature order (not saved: derived from the mask)
+        self.register_buffer("feature_order", torch.argsort(torch.cat([self.identity_features, self.transform_features])),
+                             persistent=False)
+
     def feature_major(self, u: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``u [F, N] -> (v [F, N], ln|det| [N])`` (forward, or inverse with ``inverse=True``)."""
-        if not hasattr(self, "_order"):  # rows [identity | transformed] -> feature order, built once
-            self._order = torch.argsort(torch.cat([self.identity_features, self.transform_features]))
         ident = u.index_select(0, self.identity_features)
         params = self.transform_net.feature_major(ident)
         moved, logdet = self._feature_major_transform(u.index_select(0, self.transform_features), params, inverse)
-        return torch.cat([ident, moved], dim=0).index_select(0, self._order.to(u.device)), logdet
+        return torch.cat([ident, moved], dim=0).index_select(0, self.feature_order), logdet
 
 
 class AffineCoupling(FeatureMajorCoupling, CouplingTransform):

@@ -22,6 +22,8 @@ Solvers (torchdiffeq): fixed-step ``rk4`` (default), ``dopri5``. Gradients go th
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from nflows.transforms.base import Transform
 from torch import nn
@@ -38,8 +40,10 @@ def colour_period(m: int, radius: int) -> int:
     return m
 
 
+@functools.lru_cache(maxsize=32)
 def colour_probes(m: int, p: int, channels: int, dtype=None, device=None) -> torch.Tensor:
-    """``[p^2 C, C, m, m]`` probes: probe ``(k, a, b)`` is one on channel ``k`` at sites ``= (a, b) mod p``."""
+    """``[p^2 C, C, m, m]`` probes: probe ``(k, a, b)`` is one on channel ``k`` at sites ``= (a, b) mod p``
+    (built once per shape, dtype and device; treat as read-only)."""
     idx = torch.arange(m, device=device) % p
     colour = (idx[:, None] * p + idx[None, :])  # [m, m] in 0..p^2-1
     onehot = (colour[None] == torch.arange(p * p, device=device)[:, None, None]).to(dtype or torch.get_default_dtype())
@@ -121,7 +125,8 @@ class ODECNNLevel(Transform):
             raise ValueError(f"level={level} is not allowed; allowed: 0..{layout.n_levels - 1}")
         if n_conv < 1 or steps < 1:
             raise ValueError(f"n_conv and steps must be >= 1, got {n_conv}, {steps}")
-        self.level, self.spacing = level, 2**level if layout.kind == "mera" else 1
+        self.level = level
+        self.spacing = next(sub.spacing for sub in layout.sublayers if sub.level == level)
         self.dynamics = _Dynamics(_CNNVelocity(channels, hidden, n_conv, symmetry), radius=n_conv)
         self.method, self.steps, self.rtol, self.atol = method, steps, rtol, atol
         self.kinetic: torch.Tensor | None = None

@@ -169,9 +169,8 @@ def build_flow(
 
         if block_kwargs.get("symmetry") not in (None, "z2"):
             raise ValueError(f"symmetry={block_kwargs['symmetry']!r} is not available for ode-cnn levels; allowed: None, 'z2'")
-        opts = {k: block_kwargs[k] for k, name in (("ode_method", "method"), ("ode_steps", "steps")) if k in block_kwargs}
-        level_layers = {lvl: ODECNNLevel(layout, lvl, channels, hidden, layers, method=opts.get("ode_method", "rk4"),
-                                         steps=opts.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"))
+        level_layers = {lvl: ODECNNLevel(layout, lvl, channels, hidden, layers, method=block_kwargs.get("ode_method", "rk4"),
+                                         steps=block_kwargs.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"))
                         for lvl in ode}
     else:
         level_layers = {}

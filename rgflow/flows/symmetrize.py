@@ -121,9 +121,10 @@ class SymmetrizedFlow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x = g x_0`` with ``x_0 ~ q`` and ``g`` uniform in ``G``: ``(x [n, C, L, L], ln q_G(x) [n])``."""
         x0, log_q0 = self.flow.sample(n, generator=generator)
-        log_q = self._mix([log_q0] + [self.flow.log_prob(g(x0)) for g in self.elements[1:]])
+        images = [g(x0) for g in self.elements[1:]]
+        log_q = self._mix([log_q0] + [self.flow.log_prob(y) for y in images])
         pick = torch.randint(len(self.elements), (n,), generator=generator, device=x0.device)
         x = x0
-        for k, g in enumerate(self.elements[1:], start=1):
-            x = torch.where((pick == k).view(-1, 1, 1, 1), g(x0), x)
+        for k, y in enumerate(images, start=1):
+            x = torch.where((pick == k).view(-1, 1, 1, 1), y, x)
         return x, log_q

@@ -74,10 +74,12 @@ def grow_flow(small, big, finest: str = "copy") -> dict:
             out.setdefault(sub.level, []).append(sub.transform)
         return out
 
+    # big level -> small level it starts from (None: keep the identity initialisation); the top maps to the top
+    sources = {level: level - k if level >= k else (0 if finest == "copy" else None) for level in range(lb.n_levels + 1)}
     src, dst = by_level(s), by_level(b)
     copied = []
     for level in range(lb.n_levels):
-        source = level - k if level >= k else (0 if finest == "copy" else None)
+        source = sources[level]
         if source is None:
             continue
         for t_big, t_small in zip(dst[level], src[source], strict=True):
@@ -91,8 +93,7 @@ def grow_flow(small, big, finest: str = "copy") -> dict:
     scale_s, scale_b = s.prior.log_scale, b.prior.log_scale
     if scale_s.shape[0] != scale_b.shape[0]:
         raise ValueError(f"size transfer needs the same channels, got {scale_s.shape[0]} -> {scale_b.shape[0]}")
-    for level in range(lb.n_levels + 1):  # the top level maps to the top level
-        source = level - k if level >= k else (0 if finest == "copy" else None)
+    for level, source in sources.items():
         if source is not None:
             scale_b[:, level] = scale_s[:, source].to(scale_b)
     return {"offset": k, "copied": copied}

@@ -21,16 +21,22 @@ def _field_covariance(L, m2):
     return G[dx, dy].reshape(L * L, L * L)
 
 
+def gff_coords(size, scaling):
+    """Haar coordinates of the ``size x size`` free field with its exact scale: ``(coords, covariance of y,
+    covariance of x)``."""
+    coords = RGCoordinates(haar_flow(Layout(size)).double(), scaling).double()
+    K_inv = _field_covariance(size, M2)
+    x = (torch.linalg.cholesky(K_inv) @ torch.randn(size * size, 4096, dtype=torch.float64,
+                                                      generator=torch.Generator().manual_seed(0))).T
+    coords.fit_scale(x.reshape(-1, 1, size, size))
+    eye = torch.eye(size * size, dtype=torch.float64).reshape(-1, 1, size, size)
+    R = coords.to_coords(eye)[0].reshape(size * size, size * size).T  # y = R x (scale included)
+    return coords, R @ K_inv @ R.T, K_inv
+
+
 def _coords(scaling):
     """Haar coordinates with the exact scale of the free field, and the exact covariance of y."""
-    coords = RGCoordinates(haar_flow(Layout(L)).double(), scaling).double()
-    K_inv = _field_covariance(L, M2)
-    x = (torch.linalg.cholesky(K_inv) @ torch.randn(L * L, 4096, dtype=torch.float64,
-                                                      generator=torch.Generator().manual_seed(0))).T
-    coords.fit_scale(x.reshape(-1, 1, L, L))
-    eye = torch.eye(L * L, dtype=torch.float64).reshape(-1, 1, L, L)
-    R = coords.to_coords(eye)[0].reshape(L * L, L * L).T  # y = R x (scale included)
-    return coords, R @ K_inv @ R.T
+    return gff_coords(L, scaling)[:2]
 
 
 @pytest.mark.parametrize("delta,scaling", [(0.0, "global"), (4.0, "level")])

@@ -9,26 +9,20 @@ from rgflow.diffusion import GaussianDenoiser, RGCoordinates, RGSchedule
 from rgflow.diffusion.exact import _steps, exact_log_prob, exact_sample
 from rgflow.diffusion.network import Denoiser
 from rgflow.diffusion.train import DiffusionModel
-from rgflow.flows import build_flow, haar_flow
+from rgflow.flows import build_flow
 from rgflow.layout import Layout
 from rgflow.physics import make_action
 from rgflow.train.diagnostics import evaluate
-from tests.diffusion.test_exact import _field_covariance
+from tests.diffusion.test_exact import _field_covariance, gff_coords
 
 L, M2 = 4, 0.5
 
 
 def _gff_model(delta: float, scaling: str, nfe: int) -> tuple[DiffusionModel, torch.Tensor]:
     """The analytic-score diffusion model of the free field in Haar coordinates, and the field covariance."""
-    coords = RGCoordinates(haar_flow(Layout(L)).double(), scaling).double()
-    K_inv = _field_covariance(L, M2)
-    x = (torch.linalg.cholesky(K_inv) @ torch.randn(L * L, 4096, dtype=torch.float64,
-                                                      generator=torch.Generator().manual_seed(0))).T
-    coords.fit_scale(x.reshape(-1, 1, L, L))
-    eye = torch.eye(L * L, dtype=torch.float64).reshape(-1, 1, L, L)
-    R = coords.to_coords(eye)[0].reshape(L * L, L * L).T
+    coords, cov, K_inv = gff_coords(L, scaling)
     schedule = RGSchedule(coords.n_levels, delta)
-    return DiffusionModel(coords, schedule, GaussianDenoiser(R @ K_inv @ R.T, coords), nfe), K_inv
+    return DiffusionModel(coords, schedule, GaussianDenoiser(cov, coords), nfe), K_inv
 
 
 def _linear_sampler_matrix(model) -> torch.Tensor:
