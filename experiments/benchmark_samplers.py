@@ -9,12 +9,18 @@ Stages (all by default, one after the other):
    (10 tau_int, at most a quarter); the same chains analysed with half of every chain discarded
    give a second crossing, and the difference is the warm-up systematic, added in quadrature.
 2. ``train``: rgflow's default flow (reverse KL) for each point: hopping phi^4 at kappa_c for
-   L = 16 and L = 32, and the E-line point L = 32 (standard convention, m2 = -4, lam = 4.572).
+   L = 16, 32 and 64, and the E-line point L = 32 (standard convention, m2 = -4, lam = 4.572).
+   The L = 64 flow starts from the trained L = 32 flow (``--init-from``, size transfer), so its
+   training cost is its own budget plus the L = 32 one.
 3. ``sample``: every sampler on every point, ``chains`` chains each; tau_int of |m| and m^2
    (Madras-Sokal window) and the cost per independent sample, ``2 tau_int`` times the cost per
    step in seconds and in action gradients. tau_int is reported for the odd magnetisation m
-   next to |m| and m^2 (chi). Flow training time is reported separately (a
-   one-time cost; the break-even number of samples is printed).
+   next to |m| and m^2 (chi). Flow training time is reported separately (a one-time cost).
+   Chains of the physical-space samplers grow as L/16 (their tau_int grows with L).
+
+The growth of the cost per independent |m| sample with L is fitted for each sampler at kappa_c,
+``cost = a L^z`` (weighted least squares in log-log, errors from tau_int), and the L where latent
+HMC's fit crosses HMC's is extrapolated, in seconds on this CPU and in gradients.
 
 Usage::
 
@@ -45,9 +51,12 @@ from rgflow.train import load_run, train  # noqa: E402
 
 LAM = 0.022
 KAPPAS = (0.262, 0.265, 0.268, 0.271, 0.274, 0.277, 0.280)
-POINTS = ("hop-L16", "hop-L32", "eline-L32")
-#: recorded steps per chain at L = 16; latent HMC's (and its warm-up's) shrink as 1/V at larger L
+POINTS = ("hop-L16", "hop-L32", "hop-L64", "eline-L32")
+#: recorded steps per chain at L = 16; those of local, HMC and IMH grow as L/16, latent HMC's
+#: (tau_int of a few steps, each step costing ~V) shrink as sqrt(16/L), its warm-up is 100 steps
 SAMPLERS = {"local": 4000, "hmc": 2000, "imh": 4000, "latent-hmc": 400}
+#: training minutes relative to ``--minutes`` (the L = 64 flow is grown from the L = 32 one)
+TRAIN_SCALE = {"hop-L16": 1.0, "hop-L32": 1.25, "hop-L64": 1.5, "eline-L32": 1.25}
 
 
 def binder_scan(Ls=(16, 32), kappas=KAPPAS, n: int = 4000, chains: int = 32, seed: int = 0,
@@ -96,11 +105,12 @@ def crossing(scan: dict, n_boot: int = 2000, seed: int = 0) -> tuple[float, floa
     return float(k0), float(np.nanstd(boots))
 
 
-def point_config(point: str, kappa_c: float, minutes: float) -> TrainConfig:
+def point_config(point: str, kappa_c: float, minutes: float, work: Path) -> TrainConfig:
     if point == "eline-L32":
         return TrainConfig(action="phi4", L=32, params={"m2": -4.0, "lam": 4.572}, minutes=minutes)
     L = int(point.split("L")[-1])
-    return TrainConfig(action="phi4-hopping", L=L, params={"kappa": kappa_c, "lam": LAM}, minutes=minutes)
+    init = {"init_from": str(work / "hop-L32")} if L == 64 else {}
+    return TrainConfig(action="phi4-hopping", L=L, params={"kappa": kappa_c, "lam": LAM}, minutes=minutes, **init)
 
 
 def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[dict]:
@@ -108,9 +118,10 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
     action = cfg.make_action()
     rows = []
     for sampler, n in SAMPLERS.items():
-        shrink = (16 / cfg.L) ** 2 if sampler == "latent-hmc" else 1.0
-        res = run_sampler(sampler, action, cfg.L, max(int(n * scale * shrink), 50), chains, seed, flow=flow,
-                          warmup=int(200 * shrink))
+        latent = sampler == "latent-hmc"
+        grow = (16 / cfg.L) ** 0.5 if latent else cfg.L / 16
+        res = run_sampler(sampler, action, cfg.L, int(n * scale * grow), chains, seed, flow=flow,
+                          warmup=100 if latent else 200)
         rows.append(summarize(res, action, cfg.L))
         tau = rows[-1]["tau_int"]["abs_m"]
         print(f"{run_dir.name} {sampler}: acceptance {res.acceptance:.3f}, tau_int(|m|) = {format_value_error(*tau)}, "
@@ -179,7 +190,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stages", default="kappa,train,sample", help="comma-separated subset of kappa, train, sample")
     p.add_argument("--points", default=",".join(POINTS), help=f"comma-separated subset of {', '.join(POINTS)}")
-    p.add_argument("--minutes", type=float, default=8.0, help="flow training budget at L = 16 (x1.25 at L = 32)")
+    p.add_argument("--minutes", type=float, default=8.0,
+                   help="flow training budget at L = 16 (x1.25 at L = 32, x1.5 at L = 64 on top of L = 32)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--scale", type=float, default=1.0, help="multiply every sampler's chain length")
     add_output_arguments(p, "samplers")
@@ -211,8 +223,7 @@ def main() -> None:
             run_dir = work / point
             entry = result["points"].setdefault(point, {})
             if "train" in stages:
-                minutes = args.minutes * (1.25 if point.endswith("L32") else 1.0)
-                cfg = point_config(point, kappa_c, minutes)
+                cfg = point_config(point, kappa_c, args.minutes * TRAIN_SCALE[point], work)
                 cfg.seed, cfg.eval_every = args.seed, 10**9
                 shutil.rmtree(run_dir, ignore_errors=True)
                 summary = train(cfg, run_dir)

@@ -79,6 +79,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     flow.add_argument("--ode-levels", dest="ode_levels", default=S,
                       help="neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels >= 2, '0,1'")
     flow.add_argument("--ode-kinetic", dest="ode_kinetic", type=float, default=S, help="RNODE kinetic-energy weight")
+    flow.add_argument("--ode-jacobian", dest="ode_jacobian", type=float, default=S,
+                      help="RNODE Jacobian (Frobenius) penalty weight")
+    flow.add_argument("--ode-checkpoint", dest="ode_checkpoint", action="store_const", const=True, default=S,
+                      help="recompute each ODE solver step in the backward pass (less memory, ~1.5x time)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
     opt.add_argument("--lr", type=float, default=S)

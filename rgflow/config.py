@@ -155,6 +155,8 @@ class TrainConfig(LoopConfig):
     ode_steps: int = 8
     ode_levels: str | None = None
     ode_kinetic: float = 0.0
+    ode_jacobian: float = 0.0
+    ode_checkpoint: bool = False
     path_gradient: bool = False
     # size transfer: start from the flow of a run on a smaller lattice (L = L_0 2^k)
     init_from: str | None = None
@@ -193,8 +195,13 @@ class TrainConfig(LoopConfig):
         for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "ode_steps"):
             positive(name)
         positive("tail_bound", integer=False)
-        if not (isinstance(self.ode_kinetic, (int, float)) and math.isfinite(self.ode_kinetic) and self.ode_kinetic >= 0):
-            raise ValueError(f"ode_kinetic={self.ode_kinetic!r} is not allowed: must be a number >= 0")
+        for name in ("ode_kinetic", "ode_jacobian"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value!r} is not allowed: must be a number >= 0")
+        if self.ode_checkpoint and self.ode_method == "dopri5":
+            raise ValueError("ode_checkpoint=true is not allowed with ode_method='dopri5'; allowed methods: "
+                             "rk4, euler, midpoint")
         positive("depth", allow_none=True)
         if not (isinstance(self.holdout, (int, float)) and 0 < self.holdout < 1):
             raise ValueError(f"holdout={self.holdout!r} is not allowed: a fraction in (0, 1)")
@@ -202,7 +209,7 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved
         if self.symmetric:
-            allowed = ("affine", "spline", "ode", "ode-cnn") if self.symmetry == "z2" else ("ode",)
+            allowed = ("affine", "spline", "ode", "ode-cnn") if self.symmetry == "z2" else ("ode", "ode-cnn")
             if self.flow == "flat" or self.block not in allowed:
                 raise ValueError(f"symmetric={self.symmetric} needs flow='mera' or 'tebd' and block in {allowed} "
                                  f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")

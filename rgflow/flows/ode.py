@@ -21,7 +21,8 @@ Symmetries (``symmetry=``):
   rotation-invariant prior.
 
 Optional RNODE regularisation (Finlay et al. 2020): after each call ``kinetic`` holds
-``int_0^1 |f|^2 dt`` per sample, which a trainer may penalise.
+``int_0^1 |f|^2 dt`` and ``jacobian`` holds ``int_0^1 ||df/dx||_F^2 dt`` per sample (exact here:
+the sum of the squared vector-Jacobian products of the trace), which a trainer may penalise.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class _Velocity(nn.Module):
 
 
 class _Dynamics(nn.Module):
-    """Augmented state ``(x, ln|det|, kinetic)`` for torchdiffeq (time may run either way)."""
+    """Augmented state ``(x, ln|det|, kinetic, ||J||_F^2)`` for torchdiffeq (time may run either way)."""
 
     def __init__(self, velocity: _Velocity):
         super().__init__()
@@ -103,34 +104,84 @@ class _Dynamics(nn.Module):
                 x = x.detach().requires_grad_(True)
             v = self.velocity(x, t.reshape(1, 1).to(x))
             trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            frobenius = torch.zeros_like(trace)
             D = x.shape[1]
-            for i in range(D):  # exact trace: one vector-Jacobian product per feature
+            for i in range(D):  # exact trace: one vector-Jacobian product per feature (row i of J)
                 (gi,) = torch.autograd.grad(v[:, i].sum(), x, create_graph=self.create_graph,
                                             retain_graph=self.create_graph or i < D - 1)
                 trace = trace + gi[:, i]
-        out = (v, trace, (v**2).sum(1))
+                frobenius = frobenius + (gi**2).sum(1)
+        out = (v, trace, (v**2).sum(1), frobenius)
         return out if self.create_graph else tuple(o.detach() for o in out)
 
 
 def integrate(dynamics: nn.Module, x: torch.Tensor, t0: float, t1: float, method: str, steps: int, rtol: float,
-              atol: float, adjoint: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve the augmented ODE ``(x, ln|det|, kinetic)`` of ``dynamics`` from ``t0`` to ``t1``:
-    returns ``(x(t1), ln|det dx(t1)/dx(t0)| [B], |int |f|^2 dt| [B])``.
+              atol: float, adjoint: bool, checkpoint: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve the augmented ODE ``(x, ln|det|, kinetic, Frobenius)`` of ``dynamics`` from ``t0`` to ``t1``:
+    returns ``(x(t1), ln|det dx(t1)/dx(t0)| [B], |int |f|^2 dt| [B], |int ||J||_F^2 dt| [B])``.
 
-    ``dynamics(t, (x, ., .)) -> (f, tr df/dx, |f|^2)`` with a ``create_graph`` flag (set here: graphs
-    only when gradients are on). Fixed-step solvers take ``steps`` steps; torchdiffeq runs a
-    decreasing time grid by flipping time, so the step stays positive. ``adjoint`` solves for the
-    gradients backwards in time (memory independent of the number of steps).
+    ``dynamics(t, (x, ., ., .)) -> (f, tr df/dx, |f|^2, ||df/dx||_F^2)`` with a ``create_graph`` flag
+    (set here: graphs only when gradients are on). Fixed-step solvers take ``steps`` steps; torchdiffeq
+    runs a decreasing time grid by flipping time, so the step stays positive. ``adjoint`` solves for
+    the gradients backwards in time (memory independent of the number of steps). ``checkpoint``
+    (fixed-step solvers) keeps only each step's input state for the backward pass and recomputes the
+    step's graph there: the same numbers, memory of one step's graph instead of all of them.
     """
     zeros = x.new_zeros(x.shape[0])
-    times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
-    options = {"step_size": abs(t1 - t0) / steps} if method != "dopri5" else None
+    state = (x, zeros, zeros, zeros)
     dynamics.create_graph = torch.is_grad_enabled()
-    solve = odeint_adjoint if adjoint else odeint
-    extra = {"adjoint_params": tuple(dynamics.parameters())} if adjoint else {}
-    xs, logdets, kinetic = solve(dynamics, (x, zeros, zeros), times, method=method, rtol=rtol, atol=atol,
-                                 options=options, **extra)
-    return xs[-1], logdets[-1], kinetic[-1].abs()
+    if checkpoint and method == "dopri5":
+        raise ValueError("checkpoint=True needs a fixed-step method; allowed: rk4, euler, midpoint")
+    if checkpoint and dynamics.create_graph:
+        h = (t1 - t0) / steps
+        params = tuple(p for p in dynamics.parameters() if p.requires_grad)
+        for k in range(steps):
+            times = torch.tensor([t0 + k * h, t0 + (k + 1) * h], dtype=x.dtype, device=x.device)
+            state = _CheckpointedStep.apply(dynamics, times, method, abs(h), len(state), *state, *params)
+    else:
+        times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+        options = {"step_size": abs(t1 - t0) / steps} if method != "dopri5" else None
+        solve = odeint_adjoint if adjoint else odeint
+        extra = {"adjoint_params": tuple(dynamics.parameters())} if adjoint else {}
+        state = tuple(s[-1] for s in solve(dynamics, state, times, method=method, rtol=rtol, atol=atol,
+                                           options=options, **extra))
+    x, logdet, kinetic, frobenius = state
+    return x, logdet, kinetic.abs(), frobenius.abs()
+
+
+def _one_step(dynamics, state, times, method, h):
+    """One fixed step of size ``h`` over ``times = [t_k, t_k+1]``; graphs only when gradients are on."""
+    dynamics.create_graph = torch.is_grad_enabled()
+    return tuple(s[-1] for s in odeint(dynamics, state, times, method=method, options={"step_size": h}))
+
+
+class _CheckpointedStep(torch.autograd.Function):
+    """One solver step that keeps only its input state: the forward pass runs without a graph, the
+    backward pass re-runs the step with one and back-propagates through it (to the state and to the
+    parameters that require gradients). The step itself takes gradients (the exact trace), so this is
+    written out rather than ``torch.utils.checkpoint``, whose saved-tensor hooks do not free them."""
+
+    @staticmethod
+    def forward(ctx, dynamics, times, method, h, n_state, *tensors):
+        state, params = tensors[:n_state], tensors[n_state:]
+        ctx.dynamics, ctx.times, ctx.method, ctx.h, ctx.n_params = dynamics, times, method, h, len(params)
+        ctx.save_for_backward(*state)
+        with torch.no_grad():
+            out = _one_step(dynamics, tuple(state), times, method, h)
+        dynamics.create_graph = True
+        return out
+
+    @staticmethod
+    def backward(ctx, *grad_out):
+        state = tuple(s.detach().requires_grad_(True) for s in ctx.saved_tensors)
+        params = tuple(p for p in ctx.dynamics.parameters() if p.requires_grad)
+        with torch.enable_grad():
+            out = _one_step(ctx.dynamics, state, ctx.times, ctx.method, ctx.h)
+            pairs = [(o, g) for o, g in zip(out, grad_out) if g is not None and o.requires_grad]
+            grads = torch.autograd.grad([o for o, _ in pairs], state + params, [g for _, g in pairs],
+                                        allow_unused=True)
+        return (None, None, None, None, None, *grads)
 
 
 class ODEBlock(Transform):
@@ -158,10 +209,11 @@ class ODEBlock(Transform):
         self.dynamics = _Dynamics(_Velocity(features, hidden, layers, symmetry))
         self.method, self.steps, self.rtol, self.atol, self.adjoint = method, steps, rtol, atol, adjoint
         self.kinetic: torch.Tensor | None = None
+        self.jacobian: torch.Tensor | None = None
 
     def _solve(self, x: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x, logdet, self.kinetic = integrate(self.dynamics, x, t0, t1, self.method, self.steps, self.rtol, self.atol,
-                                            self.adjoint)
+        x, logdet, self.kinetic, self.jacobian = integrate(self.dynamics, x, t0, t1, self.method, self.steps,
+                                                           self.rtol, self.atol, self.adjoint)
         return x, logdet
 
     def forward(self, inputs, context=None):

@@ -149,7 +149,8 @@ def build_flow(
     :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``symmetry``, ODE options).
 
     ``block="ode-cnn"`` puts an :class:`~rgflow.flows.ode_cnn.ODECNNLevel` (a CNN velocity of width
-    ``hidden`` with ``layers`` convolutions, solver ``ode_method``/``ode_steps``) on every level;
+    ``hidden`` with ``layers`` convolutions, solver ``ode_method``/``ode_steps``, step checkpointing
+    ``ode_checkpoint``) on every level;
     ``ode_levels`` (e.g. ``"2:"``) puts one on those levels only and ``block`` blocks on the others.
 
     With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
@@ -164,13 +165,13 @@ def build_flow(
     if block not in FLOW_BLOCK_KINDS and block != "haar":
         raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
+    ode_checkpoint = block_kwargs.pop("ode_checkpoint", False)
     if ode:
         from rgflow.flows.ode_cnn import ODECNNLevel
 
-        if block_kwargs.get("symmetry") not in (None, "z2"):
-            raise ValueError(f"symmetry={block_kwargs['symmetry']!r} is not available for ode-cnn levels; allowed: None, 'z2'")
         level_layers = {lvl: ODECNNLevel(layout, lvl, channels, hidden, layers, method=block_kwargs.get("ode_method", "rk4"),
-                                         steps=block_kwargs.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"))
+                                         steps=block_kwargs.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"),
+                                         checkpoint=ode_checkpoint)
                         for lvl in ode}
     else:
         level_layers = {}

@@ -33,27 +33,28 @@ DIVERGENCE_DH = 1000.0
 
 
 def _value_and_grad(potential, q, safe_q):
-    """``U(q)`` and ``dU/dq`` per chain; rows of ``q`` that are not finite are evaluated at
-    ``safe_q`` instead and returned as ``U = inf``, ``g = 0``; so are rows whose ``U`` or
-    gradient come out non-finite. Returns ``(U, g, bad)``."""
+    """``U(q)`` and ``dU/dq`` per chain, and the field ``x`` at ``q``; rows of ``q`` that are not
+    finite are evaluated at ``safe_q`` instead and returned as ``U = inf``, ``g = 0``; so are rows
+    whose ``U`` or gradient come out non-finite. ``potential(q)`` returns ``U`` (then ``x = q``) or
+    ``(U, x)``. Returns ``(U, g, bad, x)``."""
     view = (q.shape[0],) + (1,) * (q.dim() - 1)
     bad = ~torch.isfinite(q).flatten(1).all(1)
     q_eval = torch.where(bad.reshape(view), safe_q, q)
     with torch.enable_grad():
         q_eval = q_eval.detach().requires_grad_(True)
-        U = potential(q_eval)
+        out = potential(q_eval)
+        U, x = out if isinstance(out, tuple) else (out, q_eval)
         (g,) = torch.autograd.grad(U.sum(), q_eval)
     bad = bad | ~torch.isfinite(U) | ~torch.isfinite(g).flatten(1).all(1)
     U = torch.where(bad, torch.full_like(U, math.inf), U.detach())
-    return U, torch.where(bad.reshape(view), torch.zeros_like(g), g), bad
+    return U, torch.where(bad.reshape(view), torch.zeros_like(g), g), bad, x.detach()
 
 
 def run_hmc(
-    potential: Callable[[torch.Tensor], torch.Tensor],
+    potential: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     q0: torch.Tensor,
     n: int,
     measure: Callable[[torch.Tensor], torch.Tensor],
-    field_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     warmup: int = 200,
     n_leapfrog: int = 10,
     step_size: float = 0.1,
@@ -65,8 +66,9 @@ def run_hmc(
 ) -> ChainResult:
     """HMC chains started at ``q0: [chains, ...]`` for ``n`` recorded steps.
 
-    Each step records ``primaries(measure(x))`` of the field ``x = field_of(q)`` (default ``q``)
-    and keeps every ``keep_every``-th ``x``.
+    Each step records ``primaries(measure(x))`` of the field ``x`` of the current state and keeps
+    every ``keep_every``-th ``x``: ``x = q``, or the field a potential returning ``(U, x)`` computed
+    on the way (latent HMC: ``G(z)``, so measuring costs no extra pass through the flow).
     """
     if n < 1:
         raise ValueError(f"n (number of recorded steps) must be positive, got {n}")
@@ -75,7 +77,7 @@ def run_hmc(
     q = q0.detach()
     chains = q.shape[0]
     view = (chains,) + (1,) * (q.dim() - 1)
-    U, g, bad = _value_and_grad(potential, q, q)
+    U, g, bad, x = _value_and_grad(potential, q, q)
     if bool(bad.any()):
         raise ValueError(f"the potential is not finite at the initial state of {int(bad.sum())} chain(s)")
     eps, accepted, grad_evals, divergences = step_size, 0.0, 0, 0
@@ -89,7 +91,7 @@ def run_hmc(
         diverged = torch.zeros(chains, dtype=torch.bool, device=q.device)
         for k in range(n_leapfrog):
             qn = torch.where(diverged.reshape(view), q, qn + eps * pn)  # a diverged chain stops moving
-            Un, gn, bad = _value_and_grad(potential, qn, q)
+            Un, gn, bad, xn = _value_and_grad(potential, qn, q)
             diverged = diverged | bad
             pn = pn - (eps if k < n_leapfrog - 1 else 0.5 * eps) * gn
         grad_evals += n_leapfrog
@@ -100,13 +102,13 @@ def run_hmc(
         q = torch.where(acc.reshape(view), qn, q)
         U = torch.where(acc, Un, U)
         g = torch.where(acc.reshape(view), gn, g)
+        x = torch.where(acc.reshape((chains,) + (1,) * (x.dim() - 1)), xn, x)
         rate = float(acc.double().mean())
         if it < warmup:
             eps *= 1.02 if rate > target_acceptance else 0.98
             continue
         divergences += int(diverged.sum())
         accepted += rate
-        x = q if field_of is None else field_of(q)
         recorder.record(measure(x), x)
     return recorder.result(sampler, accepted / n, time.perf_counter() - t0, grad_evals=grad_evals,
                            action_evals=grad_evals, step_size=eps, divergences=divergences)
@@ -127,10 +129,7 @@ def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) 
 
     def potential(z):
         x, logdet = flow.inverse(z)
-        return action.evaluate(x) - logdet
-
-    def field_of(z):
-        return flow.inverse(z)[0]
+        return action.evaluate(x) - logdet, x
 
     with torch.no_grad():
         z0 = flow.prior.sample(chains, generator=gen)
@@ -139,10 +138,9 @@ def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) 
     for p in params:
         p.requires_grad_(False)
     try:
-        res = run_hmc(potential, z0, n, measure=lambda x: action.measurement_field(x, gen), field_of=field_of,
+        res = run_hmc(potential, z0, n, measure=lambda x: action.measurement_field(x, gen),
                       generator=gen, sampler="latent-hmc", **kwargs)
     finally:
         for p, flag in zip(params, was_trainable):  # restore each parameter's own state
             p.requires_grad_(flag)
-    res.action_evals += n  # the measurement pass through G per recorded step
     return res

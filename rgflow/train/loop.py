@@ -79,7 +79,7 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
                           symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
-                          ode_levels=cfg.ode_levels)
+                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint)
     if cfg.symmetrize:
         from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
 
@@ -261,7 +261,8 @@ def _flow_task(cfg: TrainConfig, ctx: DistContext, device: str) -> Task:
     gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
     if cfg.data:
         return _forward_kl_task(cfg, flow, action, gen, device)
-    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic)
+    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic,
+                      jacobian_weight=cfg.ode_jacobian)
 
     def log_extras() -> dict:
         log_w = torch.cat(ctx.all_gather(loss_fn.last_log_w)).double().cpu().numpy()

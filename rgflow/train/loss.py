@@ -36,19 +36,20 @@ class ReverseKL(nn.Module):
 
     ``generator`` is the sampling stream (default: the global torch RNG). With
     ``kinetic_weight > 0`` the RNODE penalty ``kinetic_weight * E[sum_blocks int |f|^2 dt]`` of
-    the flow's neural-ODE blocks is added (Finlay et al. 2020); it biases nothing that is
-    reported, since ``ln q`` stays exact.
+    the flow's neural-ODE blocks is added (Finlay et al. 2020), with ``jacobian_weight > 0`` the
+    Jacobian penalty ``jacobian_weight * E[sum_blocks int ||df/dx||_F^2 dt]``; they bias nothing
+    that is reported, since ``ln q`` stays exact.
     After each call ``self.last_log_w`` holds the detached log importance weights
     ``-S - ln q`` of the batch.
     """
 
     def __init__(self, flow: FieldFlow, action, path_gradient: bool = False, generator: torch.Generator | None = None,
-                 kinetic_weight: float = 0.0):
+                 kinetic_weight: float = 0.0, jacobian_weight: float = 0.0):
         super().__init__()
         from rgflow.flows.ode import ODEBlock
         from rgflow.flows.ode_cnn import ODECNNLevel
 
-        self.kinetic_weight = kinetic_weight
+        self.kinetic_weight, self.jacobian_weight = kinetic_weight, jacobian_weight
         self._ode_blocks = [m for m in flow.modules() if isinstance(m, (ODEBlock, ODECNNLevel))]
         self.flow = flow
         self.generator = generator
@@ -59,22 +60,26 @@ class ReverseKL(nn.Module):
 
     def forward(self, batch_size: int) -> torch.Tensor:
         x, log_q = self.flow.sample(batch_size, generator=self.generator)
-        # the kinetic energy of the sampling pass (the path-gradient re-evaluation below runs the
-        # ODE blocks again with detached parameters and would overwrite it)
-        kinetic = self._kinetic(batch_size) if self.kinetic_weight > 0 and self._ode_blocks else None
+        # the RNODE penalties of the sampling pass (the path-gradient re-evaluation below runs the
+        # ODE blocks again with detached parameters and would overwrite them)
+        penalty = self._rnode(batch_size) if self._ode_blocks else None
         if self.path_gradient:
             detached = {"flow." + k: v.detach() for k, v in self.flow.named_parameters()}
             log_q = functional_call(self._log_prob, detached, (x,), strict=False)
         S = self.action(x)
         self.last_log_w = (-S - log_q).detach()
         loss = (log_q + S).mean()
-        if kinetic is not None:
-            loss = loss + self.kinetic_weight * kinetic.mean()
+        if penalty is not None:
+            loss = loss + penalty
         return loss
 
-    def _kinetic(self, batch_size: int) -> torch.Tensor:
-        """``sum_blocks int |f|^2 dt`` per sample, from the ODE blocks' last pass: ``[B]``."""
-        return sum(b.kinetic.reshape(batch_size, -1).sum(1) for b in self._ode_blocks)
+    def _rnode(self, batch_size: int) -> torch.Tensor | None:
+        """The weighted RNODE penalties from the ODE blocks' last pass (``None`` if both weights are 0)."""
+        terms = [(w, name) for w, name in ((self.kinetic_weight, "kinetic"), (self.jacobian_weight, "jacobian")) if w > 0]
+        if not terms:
+            return None
+        return sum(w * sum(getattr(b, name).reshape(batch_size, -1).sum(1) for b in self._ode_blocks).mean()
+                   for w, name in terms)
 
 
 class ForwardKL(nn.Module):

@@ -129,6 +129,35 @@ def test_kinetic_penalty_comes_from_the_sampling_pass_with_path_gradients():
     torch.testing.assert_close(penalty_path, penalty_plain, atol=1e-10, rtol=1e-8)
 
 
+def test_jacobian_penalty_is_the_frobenius_norm_of_the_velocity_jacobian():
+    """RNODE's second term: the ODE block's exact ``||df/dx||_F^2`` (from the trace's vector-Jacobian
+    products), and ``ReverseKL(jacobian_weight=w)`` adds ``w E[sum_blocks int ||J||_F^2 dt]``."""
+    from rgflow.flows.ode import ODEBlock
+
+    torch.manual_seed(0)
+    block = ODEBlock(4, hidden=8, steps=4).double()
+    for p in block.parameters():
+        p.data += 0.3 * torch.randn_like(p)
+    x, t = torch.randn(5, 4, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    zeros = x.new_zeros(5)
+    _, _, _, frobenius = block.dynamics(t, (x, zeros, zeros, zeros))
+    for b in range(5):
+        J = torch.autograd.functional.jacobian(lambda a: block.dynamics.velocity(a[None], t.reshape(1, 1))[0], x[b])
+        assert float(frobenius[b]) == pytest.approx(float((J**2).sum()), rel=1e-10)
+
+    flow = build_flow(Layout(4), block="ode-cnn", hidden=4, layers=2, ode_steps=2).double()
+    for p in flow.parameters():
+        p.data += 0.1 * torch.randn_like(p)
+    action = make_action("phi4")
+    losses = []
+    for weight in (0.0, 0.5):
+        torch.manual_seed(3)
+        losses.append(ReverseKL(flow, action, jacobian_weight=weight)(8).detach())
+    penalty = sum(layer.jacobian.sum() for layer in flow.sublayers) / 8
+    assert float(penalty) > 0
+    assert float(losses[1] - losses[0]) == pytest.approx(0.5 * float(penalty), rel=1e-10)
+
+
 def test_forward_kl_on_a_free_field_ensemble_reaches_the_exact_likelihood(tmp_path):
     """Maximum likelihood (`rgflow train --data`) on exact free-field samples: the held-out NLL per
     site approaches the exact one, -mean(ln p) = mean(S) + ln Z, on the same held-out fields."""
