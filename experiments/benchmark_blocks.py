@@ -88,7 +88,7 @@ def markdown_table(results: list[dict]) -> str:
 
 def plot(results: list[dict], path: Path, threads: int) -> None:
     cases = [c for c in BLOCK_CASES if any(r["case"] == c for r in results)]
-    panels = [("ess", "ESS / N", True), ("kl", r"$F_{var} - F_{exact}$ [nats] (Ising)", False),
+    panels = [("ess", "ESS / N (hatched: at the floor 1/N)", True), ("kl", r"$F_{var} - F_{exact}$ [nats] (Ising)", True),
               ("samples_per_second", "samples / s", True)]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     width = 0.8 / len(VARIANTS)
@@ -96,8 +96,14 @@ def plot(results: list[dict], path: Path, threads: int) -> None:
         rs = {r["case"]: r for r in results if r["flow"] == variant}
         offset = (k - (len(VARIANTS) - 1) / 2) * width
         for a, (key, _, _) in zip(ax, panels):
-            have = [c for c in cases if c in rs and key in rs[c]]
-            a.bar([cases.index(c) + offset for c in have], [rs[c][key] for c in have], width, label=variant)
+            have = [c for c in cases if c in rs and rs[c].get(key) is not None]
+            # an ESS at the estimator's floor 1/N (one sample carries all the weight) is drawn hollow
+            floor = [key == "ess" and rs[c][key] * rs[c]["n_samples"] < 1.5 for c in have]
+            bars = a.bar([cases.index(c) + offset for c in have], [rs[c][key] for c in have], width, label=variant,
+                         color=f"C{k}")
+            for bar, at_floor in zip(bars, floor):
+                if at_floor:
+                    bar.set(fill=False, edgecolor=f"C{k}", hatch="//")
     for a, (_, title, log) in zip(ax, panels):
         a.set_xticks(range(len(cases)), cases)
         a.set_title(title)

@@ -52,9 +52,11 @@ from rgflow.train import load_run, train  # noqa: E402
 LAM = 0.022
 KAPPAS = (0.262, 0.265, 0.268, 0.271, 0.274, 0.277, 0.280)
 POINTS = ("hop-L16", "hop-L32", "hop-L64", "eline-L32")
-#: recorded steps per chain at L = 16; those of local, HMC and IMH grow as L/16, latent HMC's
+#: recorded steps per chain at L = 16; those of local and HMC grow as L/16, IMH's see IMH_GROWTH, latent HMC's
 #: (tau_int of a few steps, each step costing ~V) shrink as sqrt(16/L), its warm-up is 100 steps
 SAMPLERS = {"local": 4000, "hmc": 2000, "imh": 4000, "latent-hmc": 400}
+#: IMH's steps relative to L = 16: a proposal costs ~V and at L = 64 almost none is accepted
+IMH_GROWTH = {32: 2.0, 64: 0.5}
 #: training minutes relative to ``--minutes`` (the L = 64 flow is grown from the L = 32 one)
 TRAIN_SCALE = {"hop-L16": 1.0, "hop-L32": 1.25, "hop-L64": 1.5, "eline-L32": 1.25}
 
@@ -119,7 +121,7 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
     rows = []
     for sampler, n in SAMPLERS.items():
         latent = sampler == "latent-hmc"
-        grow = (16 / cfg.L) ** 0.5 if latent else cfg.L / 16
+        grow = (16 / cfg.L) ** 0.5 if latent else IMH_GROWTH.get(cfg.L, 1.0) if sampler == "imh" else cfg.L / 16
         res = run_sampler(sampler, action, cfg.L, int(n * scale * grow), chains, seed, flow=flow,
                           warmup=100 if latent else 200)
         rows.append(summarize(res, action, cfg.L))
@@ -129,6 +131,36 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
     return rows
 
 
+def fit_growth(result: dict, samplers=("hmc", "latent-hmc", "imh", "local")) -> dict:
+    """``cost = a L^z`` per sampler over the kappa_c points (weighted least squares of ln cost on ln L,
+    the weight from tau_int's relative error), in seconds and in gradients per independent |m| sample;
+    and the L where latent HMC's fitted cost would cross HMC's (an extrapolation, not a measurement)."""
+    fits = {}
+    for s in samplers:
+        rows = [r for p, e in sorted(result["points"].items()) if p.startswith("hop-")
+                for r in e.get("samplers", []) if r["sampler"] == s]
+        if len(rows) < 2:
+            continue
+        L = np.array([r["L"] for r in rows], dtype=float)
+        rel = np.array([r["tau_int"]["abs_m"][1] / r["tau_int"]["abs_m"][0] for r in rows])
+        fits[s] = {"L": L.tolist()}
+        for unit in ("seconds", "grad_evals"):
+            cost = np.array([r["cost_per_independent_sample"]["abs_m"][unit] for r in rows])
+            if not (cost > 0).all():
+                continue
+            A = np.stack([np.ones_like(L), np.log(L)], 1) / rel[:, None]
+            coef, *_ = np.linalg.lstsq(A, np.log(cost) / rel, rcond=None)
+            cov = np.linalg.inv(A.T @ A)
+            fits[s][unit] = {"ln_a": float(coef[0]), "z": float(coef[1]), "z_err": float(np.sqrt(cov[1, 1])),
+                             "cost": cost.tolist()}
+    cross = {}
+    for unit in ("seconds", "grad_evals"):
+        h, lat = fits.get("hmc", {}).get(unit), fits.get("latent-hmc", {}).get(unit)
+        if h and lat and h["z"] != lat["z"]:
+            cross[unit] = float(np.exp((lat["ln_a"] - h["ln_a"]) / (h["z"] - lat["z"])))
+    return {"fits": fits, "crossover_L": cross}
+
+
 def markdown_table(result: dict) -> str:
     lines = ["| point | sampler | acceptance | τ_int(\\|m\\|) | τ_int(m²) | τ_int(m) | ms / step | grads / step | "
              "s / indep. sample (\\|m\\|) | grads / indep. sample | ⟨\\|m\\|⟩ | χ |", "|---|" + "---|" * 11]
@@ -136,8 +168,8 @@ def markdown_table(result: dict) -> str:
     def tau(r, name):  # an asterisk marks a tau_int from chains shorter than 50 tau_int
         return format_value_error(*r["tau_int"][name]) + ("" if r["reliable"][name] else "*")
 
-    for point, p in result["points"].items():
-        for r in p.get("samplers", []):
+    for point in POINTS:
+        for r in result["points"].get(point, {}).get("samplers", []):
             c = r["cost_per_independent_sample"]["abs_m"]
             lines.append(
                 f"| {point} | {r['sampler']} | {r['acceptance']:.3f} | {tau(r, 'abs_m')} | "
@@ -148,7 +180,7 @@ def markdown_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    fig, ax = plt.subplots(1, 4, figsize=(21, 4.4))
+    fig, ax = plt.subplots(1, 5, figsize=(26, 4.4))
     scan = result.get("binder_scan", {}).get("auto", {})
     for L, rows in scan.items():
         r = np.array(rows, dtype=float)
@@ -158,7 +190,7 @@ def plot(result: dict, path: Path) -> None:
         ax[0].axvspan(kc - dk, kc + dk, color="k", alpha=0.15, label=f"κ_c = {format_value_error(kc, dk)}")
     ax[0].set(xlabel="κ", ylabel="Binder cumulant $U_4$", title=f"hopping φ⁴, λ = {LAM}")
     ax[0].legend()
-    points = [p for p, entry in result["points"].items() if "samplers" in entry]
+    points = [p for p in POINTS if "samplers" in result["points"].get(p, {})]
     samplers = list(SAMPLERS)
     width = 0.8 / len(samplers)
     for k, s in enumerate(samplers):
@@ -179,6 +211,19 @@ def plot(result: dict, path: Path) -> None:
         a.set_yscale("log")
         a.set_title(title)
         a.legend(fontsize=8)
+    growth = result.get("growth", {}).get("fits", {})
+    for k, s in enumerate(samplers):
+        f = growth.get(s, {}).get("seconds")
+        if not f:
+            continue
+        L = np.array(growth[s]["L"])
+        ax[4].plot(L, f["cost"], "o", color=f"C{k}")
+        Ls = np.geomspace(L.min(), 4 * L.max(), 50)
+        ax[4].plot(Ls, np.exp(f["ln_a"]) * Ls ** f["z"], "-", color=f"C{k}", lw=1,
+                   label=f"{s}: z = {f['z']:.1f} ± {f['z_err']:.1f}")
+    ax[4].set(xscale="log", yscale="log", xlabel="L", title="s per independent |m| at κ_c vs L (fit a·L^z)")
+    ax[4].set_xscale("log", base=2)
+    ax[4].legend(fontsize=8)
     fig.suptitle(f"samplers at near-critical φ⁴ on {result['machine']['cpus']} CPU cores "
                  f"({result['machine']['torch_threads']} torch thread(s) per run)")
     fig.tight_layout()
@@ -232,8 +277,13 @@ def main() -> None:
             if "sample" in stages:
                 entry["samplers"] = sample_point(run_dir, args.chains, args.seed, args.scale)
                 save()
+    result["growth"] = fit_growth(result)
+    save()
     plot(result, Path(args.figure))
     print(markdown_table(result))
+    for s, f in result["growth"]["fits"].items():
+        print(s, {u: f"z = {v['z']:.2f} ± {v['z_err']:.2f}" for u, v in f.items() if u != "L"})
+    print("latent HMC = HMC at L ≈", result["growth"]["crossover_L"])
 
 
 if __name__ == "__main__":

@@ -80,3 +80,11 @@ def test_binder_cumulant_vanishes_for_gaussian_magnetisation(C):
     phi = torch.randn(40000, C, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     est = estimate_observables(phi)["binder"]
     assert abs(est.mean) < 4 * est.error
+
+
+def test_primaries_own_their_memory():
+    """A chain keeps every step's primaries: they must not be views that pin the step's [B, L, L] arrays."""
+    from rgflow.physics.observables import primaries
+
+    for name, value in primaries(torch.randn(4, 1, 32, 32)).items():
+        assert value.shape == (4,) and value.flags.owndata, name
