@@ -112,16 +112,19 @@ def exact_density_cost(L: int, nfe: int = 15, n: int = 4) -> dict:
     for p in model.denoiser.parameters():
         p.data += 0.01 * torch.randn_like(p)
     model.coords.fit_scale(torch.randn(64, 1, L, L))
+    import resource
+
     t0 = time.perf_counter()
     model.sample(n, torch.Generator().manual_seed(1))
     t_exact = (time.perf_counter() - t0) / n
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     from rgflow.diffusion.sampler import sample_fields
 
     t0 = time.perf_counter()
     sample_fields(model, 64, nfe, "ode", torch.Generator().manual_seed(2))
     t_plain = (time.perf_counter() - t0) / 64
     return {"L": L, "nfe": nfe, "seconds_per_sample_exact": t_exact, "seconds_per_sample_without_density": t_plain,
-            "ratio": t_exact / t_plain, "n_timed": n}
+            "ratio": t_exact / t_plain, "n_timed": n, "peak_rss_gib_of_process": peak_gib}
 
 
 def _figure(results: dict, path: Path) -> None:

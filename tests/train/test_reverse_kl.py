@@ -143,7 +143,7 @@ def test_jacobian_penalty_is_the_frobenius_norm_of_the_velocity_jacobian():
     _, _, _, frobenius = block.dynamics(t, (x, zeros, zeros, zeros))
     for b in range(5):
         J = torch.autograd.functional.jacobian(lambda a: block.dynamics.velocity(a[None], t.reshape(1, 1))[0], x[b])
-        assert float(frobenius[b]) == pytest.approx(float((J**2).sum()), rel=1e-10)
+        assert float(frobenius[b].detach()) == pytest.approx(float((J**2).sum()), rel=1e-10)
 
     flow = build_flow(Layout(4), block="ode-cnn", hidden=4, layers=2, ode_steps=2).double()
     for p in flow.parameters():
