@@ -153,7 +153,7 @@ def test_jacobian_penalty_is_the_frobenius_norm_of_the_velocity_jacobian():
     for weight in (0.0, 0.5):
         torch.manual_seed(3)
         losses.append(ReverseKL(flow, action, jacobian_weight=weight)(8).detach())
-    penalty = sum(layer.jacobian.sum() for layer in flow.sublayers) / 8
+    penalty = sum(layer.jacobian.sum() for layer in flow.sublayers).detach() / 8
     assert float(penalty) > 0
     assert float(losses[1] - losses[0]) == pytest.approx(0.5 * float(penalty), rel=1e-10)
 
