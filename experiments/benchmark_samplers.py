@@ -120,10 +120,9 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
     action = cfg.make_action()
     rows = []
     for sampler, n in SAMPLERS.items():
-        latent = sampler == "latent-hmc"
-        grow = (16 / cfg.L) ** 0.5 if latent else IMH_GROWTH.get(cfg.L, 1.0) if sampler == "imh" else cfg.L / 16
+        grow = {"latent-hmc": (16 / cfg.L) ** 0.5, "imh": IMH_GROWTH.get(cfg.L, 1.0)}.get(sampler, cfg.L / 16)
         res = run_sampler(sampler, action, cfg.L, int(n * scale * grow), chains, seed, flow=flow,
-                          warmup=100 if latent else 200)
+                          warmup=100 if sampler == "latent-hmc" else 200)
         rows.append(summarize(res, action, cfg.L))
         tau = rows[-1]["tau_int"]["abs_m"]
         print(f"{run_dir.name} {sampler}: acceptance {res.acceptance:.3f}, tau_int(|m|) = {format_value_error(*tau)}, "

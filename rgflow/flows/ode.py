@@ -164,13 +164,11 @@ class _CheckpointedStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dynamics, times, method, h, n_state, *tensors):
-        state, params = tensors[:n_state], tensors[n_state:]
-        ctx.dynamics, ctx.times, ctx.method, ctx.h, ctx.n_params = dynamics, times, method, h, len(params)
+        state = tensors[:n_state]  # the parameters follow, passed only so that autograd routes their gradients here
+        ctx.dynamics, ctx.times, ctx.method, ctx.h = dynamics, times, method, h
         ctx.save_for_backward(*state)
         with torch.no_grad():
-            out = _one_step(dynamics, tuple(state), times, method, h)
-        dynamics.create_graph = True
-        return out
+            return _one_step(dynamics, tuple(state), times, method, h)
 
     @staticmethod
     def backward(ctx, *grad_out):
