@@ -22,6 +22,7 @@ Newton iteration.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -29,6 +30,23 @@ import torch
 from rgflow.diffusion.sampler import heun_step, steps_for_nfe, time_grid
 
 __all__ = ["exact_sample", "exact_log_prob", "step_logdet"]
+
+
+@contextlib.contextmanager
+def _weights_frozen(model):
+    """Turn off ``requires_grad`` of the model's weights for the duration: the density is not
+    differentiated with respect to them, and otherwise every vector-Jacobian product (run under
+    ``enable_grad``) would also record a graph back to the weights and keep it alive with the
+    Jacobian (measured at L = 32: 10 GiB and 45 s per step instead of 0.45 GiB and 14 s)."""
+    params = [p for m in (model.denoiser, model.coords) if isinstance(m, torch.nn.Module)
+              for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _jacobian(step, v: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
@@ -79,10 +97,11 @@ def exact_sample(model, n: int, nfe: int, generator: torch.Generator | None = No
     w1 = torch.randn(n, *coords.shape, dtype=coords.scale.dtype, device=coords.scale.device, generator=generator)
     log_p = _log_normal(w1) + torch.log(a).sum()
     v = w1 / a
-    for step in _steps(model, nfe):
-        log_p = log_p - step_logdet(step, v, chunk_size)
-        with torch.no_grad():
-            v = step(v)
+    with _weights_frozen(model):
+        for step in _steps(model, nfe):
+            log_p = log_p - step_logdet(step, v, chunk_size)
+            with torch.no_grad():
+                v = step(v)
     with torch.no_grad():
         x, rest = coords.decode(v, generator)
     return x, log_p + rest
@@ -97,8 +116,14 @@ def exact_log_prob(model, x: torch.Tensor, nfe: int, tol: float | None = None, m
     tol = tol if tol is not None else (1e-10 if coords.scale.dtype == torch.float64 else 1e-4)
     with torch.no_grad():
         w, rest = coords.encode(x)
-    steps = list(_steps(model, nfe))
-    v, log_p = w, rest
+    with _weights_frozen(model):
+        v, log_p = _invert_steps(list(_steps(model, nfe)), w, rest, tol, max_iter, chunk_size)
+    a = _start(model, nfe)
+    return log_p + _log_normal(v * a) + torch.log(a).sum()
+
+
+def _invert_steps(steps, v, log_p, tol, max_iter, chunk_size):
+    """Invert the PF-ODE steps from the last, ``v_N -> v_0``, subtracting each step's log-det."""
     for i in reversed(range(len(steps))):
         step, target, guess = steps[i], v, v
         for _ in range(max_iter):
@@ -115,5 +140,4 @@ def exact_log_prob(model, x: torch.Tensor, nfe: int, tol: float | None = None, m
                                      f"(last change {moved:.2e}); use more network evaluations (--nfe)")
         log_p = log_p - step_logdet(step, guess, chunk_size)
         v = guess
-    a = _start(model, nfe)
-    return log_p + _log_normal(v * a) + torch.log(a).sum()
+    return v, log_p
