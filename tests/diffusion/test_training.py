@@ -164,3 +164,57 @@ def test_diffuse_eval_and_imh_and_the_hybrid_end_to_end(free_ensemble, tmp_path,
         mc = json.loads(capsys.readouterr().out)
         assert mc["sampler"] == "imh" and mc["n_samples"] == 32 and 0 < mc["acceptance"] <= 1
         assert "abs_m" in mc["cost_per_independent_sample"]
+
+
+def test_encoded_pool_reuses_each_encoding_and_a_resumed_hybrid_run_continues_exactly(free_ensemble, tmp_path):
+    """Trained-flow coordinates: fields are encoded a pool at a time and each encoding is served `reuse`
+    times on average before the next pool; the pool is checkpointed, so a hybrid run resumed at step 6
+    ends with the weights of an uninterrupted one."""
+    from rgflow.diffusion.train import EncodedPool
+
+    class CountingCoords:
+        calls = 0
+
+        def encode(self, x):
+            CountingCoords.calls += 1
+            return 2 * x.flatten(1), torch.zeros(len(x))
+
+    x = load_ensemble(free_ensemble).fields[:512]
+    gen = torch.Generator().manual_seed(0)
+    pool = EncodedPool(CountingCoords(), FieldBatches(x, gen), gen, size=64, reuse=4, chunk=16)
+    for _ in range(8):  # 8 batches of 32 = 4 x 64 served from the first pool
+        w = pool(32)
+        assert w.shape == (32, L * L) and bool((w[:, None] == pool.pool[None]).all(-1).any(-1).all())
+    assert CountingCoords.calls == 4
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in pool.state().items()}
+    g_state = gen.get_state()
+    nxt = pool(32)
+    assert CountingCoords.calls == 8  # a fresh pool of 64 in chunks of 16
+    gen2 = torch.Generator()
+    gen2.set_state(g_state)
+    again = EncodedPool(CountingCoords(), FieldBatches(x, gen2), gen2, size=64, reuse=4, chunk=16)
+    again.load(state)
+    torch.testing.assert_close(again(32), nxt, rtol=0, atol=0)
+
+    # a hybrid run killed right after its step-60 checkpoint and resumed ends with the weights of an
+    # uninterrupted one: the pool (refilled at step 65) and its count are part of the checkpoint
+    import signal
+    import subprocess
+    import sys
+
+    from tests.train.test_fault_tolerance import _KILL_AT_CHECKPOINT
+
+    flow_run = tmp_path / "flow"
+    assert main(["train", "--action", "free", "--L", str(L), "--m2", str(M2), "--steps", "5", "--hidden", "8",
+                 "--out", str(flow_run)]) == 0
+    cmd = ["diffuse", "train", "--data", str(free_ensemble), "--coords", str(flow_run), "--levels", "1:", "--width", "8",
+           "--batch-size", "512", "--ckpt-every", "20", "--eval-every", "1000", "--steps", "80"]
+    assert main([*cmd, "--out", str(tmp_path / "straight")]) == 0
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_CHECKPOINT, "60", *cmd, "--out", str(tmp_path / "cut")],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert main(["diffuse", "train", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("straight", "cut"))
+    assert a["step"] == b["step"] == 80
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
