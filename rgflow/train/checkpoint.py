@@ -81,6 +81,8 @@ def _resolved_config(path: Path, saved: dict, config_cls) -> dict:
     their (action-dependent) defaults, renamed keys their new names."""
     try:
         data = {k: v for k, v in saved.items() if k != "steps" and k != "minutes"}
+        if "symmetrize" in config_cls.MODEL_KEYS:
+            data.setdefault("symmetrize", None)  # as read_run_config: older checkpoints hold plain flows
         return config_cls.from_dict({**data, "steps": 1}, warn=False).to_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint holds an unreadable config ({exc})") from None

@@ -167,3 +167,22 @@ def test_previous_checkpoint_survives_a_crash_during_rename(good_run):
     summary = train(TrainConfig.from_dict({**json.loads((good_run / "config.json").read_text()), "steps": 8}),
                     good_run, resume=True)
     assert summary["step"] == 8
+
+
+def test_a_run_folder_from_before_symmetrised_flows_still_loads(tmp_path):
+    """Config and checkpoint written before the `symmetrize` key existed: an Ising run then held a plain
+    flow, and both must be read that way (the checkpoint's config used to resolve to the Z2 mixture
+    and be refused as incompatible with its own folder)."""
+    from rgflow.train import load_run
+
+    run = tmp_path / "old"
+    subprocess.run([sys.executable, "-m", "rgflow", "train", "--action", "ising", "--T", "2.3", *TINY, "--steps", "2",
+                    "--symmetrize", "none", "--out", str(run)], check=True, capture_output=True, timeout=300)
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["symmetrize"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    del state["config"]["symmetrize"]
+    torch.save(state, run / "checkpoint.pt")
+    cfg, flow, _ = load_run(run)
+    assert cfg.symmetrize is None and hasattr(flow, "layout")
