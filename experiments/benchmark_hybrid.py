@@ -41,12 +41,12 @@ ISING_TC = 2.269185314213022
 HOP = ["--action", "phi4-hopping", "--kappa", 0.2705, "--lam", 0.022]
 CASES = {
     # physics flags, minutes T, hybrid minutes T_h, first diffused level K, NFE of the hybrid;
-    # full_samples: exact samples of a full-field diffusion model (eval, and as many IMH proposals)
+    # full_samples: exact samples of a full-field diffusion model (eval); full_chains: its IMH chains
+    # (steps, chains), by default full_samples proposals in 4 chains
     "hop-L16": {"physics": [*HOP, "--L", 16], "minutes": 9.0, "hybrid_minutes": 3.0, "levels": 2, "nfe": 15,
                 "full_samples": 32},
-    # full_imh False: no IMH chain for the full-field models (8 proposals of 92 s would not resolve tau_int)
     "hop-L32": {"physics": [*HOP, "--L", 32], "minutes": 12.0, "hybrid_minutes": 4.0, "levels": 3, "nfe": 15,
-                "full_samples": 8, "full_imh": False},
+                "full_samples": 8, "full_chains": (8, 2)},
     "ising-L8": {"physics": ["--action", "ising", "--L", 8, "--T", ISING_TC],
                  "minutes": 5.0, "hybrid_minutes": 2.0, "levels": 1, "nfe": 15},
     "ising-L16": {"physics": ["--action", "ising", "--L", 16, "--T", ISING_TC],
@@ -125,10 +125,10 @@ def _run_case(name: str, root: Path, seed: int, with_diffusion: bool, chains: in
         print(f"[{name}] {model}: ESS {ev['ess']:.4f}, IMH acc {ev['imh_acceptance']:.3f}, lnZ {ev['lnZ']:.4f}"
               f"({ev['lnZ_err']:.4f}) k {ev['pareto_k']:.2f}, F_var {ev['f_variational']:.4f}"
               + (f", F_var - F_exact {ev['kl']:.4f}" if "kl" in ev else ""), flush=True)
-        if model == "hybrid-flow" or (full_field and not c.get("full_imh", True)):
+        if model == "hybrid-flow":
             continue
         run = args[2] if args[0] == "diffuse" else args[1]
-        steps, n_chains = (n // 4, 4) if full_field else (n_imh, chains)
+        steps, n_chains = c.get("full_chains", (n // 4, 4)) if full_field else (n_imh, chains)
         extra = ["--nfe", c["nfe"]] if args[0] == "diffuse" else []
         mc = rgflow_cli(["mcmc", run, "--sampler", "imh", "--n", steps, "--chains", n_chains, "--seed", seed, *extra,
                          "--json"])
