@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--step-size", dest="step_size", type=float, default=None,
                     help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
     mc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    mc.add_argument("--nfe", type=int, default=32, help="diffusion run: network evaluations per IMH proposal")
+    mc.add_argument("--nfe", type=int, default=16, help="diffusion run: network evaluations per stage of each IMH proposal")
+    mc.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                    help="diffusion run: the moving average of the weights (ema) or the last trained ones (raw)")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     mc.add_argument("--out", help="write the chain to this .npz (and its autocorrelation figure beside it)")
@@ -279,7 +281,7 @@ def _mcmc(args: argparse.Namespace) -> int:
             if args.sampler != "imh":
                 raise ValueError(f"--sampler {args.sampler} needs a flow run; a diffusion run supports --sampler imh "
                                  "(independent proposals from the PF-ODE sampler with exact density)")
-            cfg, flow, action, _ = load_diffusion_run(args.run, device=args.device, nfe=args.nfe)
+            cfg, flow, action, _ = load_diffusion_run(args.run, device=args.device, nfe=args.nfe, weights=args.weights)
         else:
             cfg, flow, _ = load_run(args.run, device=args.device)
             action = cfg.make_action()

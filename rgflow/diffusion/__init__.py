@@ -1,16 +1,18 @@
-"""Diffusion models in RG coordinates on the shared :class:`~rgflow.layout.Layout`.
+"""Diffusion models on the RG hierarchy, exact in their Gaussian part, with exact densities.
 
-* :mod:`~rgflow.diffusion.schedule` -- per-level variance-preserving noise schedules (the RG
-  schedule erases fine levels first; Delta = 0 is the standard schedule);
-* :mod:`~rgflow.diffusion.coords` -- RG coordinates ``u = R(x)`` (the orthonormal Haar map or a
-  trained flow) with per-level or global data scaling;
-* :mod:`~rgflow.diffusion.network` -- an EDM-preconditioned periodic U-Net denoiser;
-* :mod:`~rgflow.diffusion.sampler` -- Heun (probability-flow ODE) and Euler-Maruyama (reverse
-  SDE) samplers that count every network evaluation;
-* :mod:`~rgflow.diffusion.train` -- denoising score matching through the one training loop.
+* :mod:`~rgflow.diffusion.gaussian` -- the ensemble's Gaussian part as whitening maps: the Gaussian
+  RG pyramid on the Layout's levels and whitened Fourier (Hartley) modes;
+* :mod:`~rgflow.diffusion.stages` -- the noise schedules (``rg``: level by level, coarse to fine;
+  ``standard``; ``ve``) as TrigFlow stages;
+* :mod:`~rgflow.diffusion.nets` -- the local network, the U-Net, the MLP, exact Z2 oddness;
+* :mod:`~rgflow.diffusion.model` -- :class:`DiffusionModel`, a density ``sample(n) -> (x, ln q)``;
+* :mod:`~rgflow.diffusion.sampler` -- Heun (probability-flow ODE) and reverse-SDE samplers;
+* :mod:`~rgflow.diffusion.exact`, :mod:`~rgflow.diffusion.jacobian` -- exact densities (colouring,
+  sparse LU);
+* :mod:`~rgflow.diffusion.train` -- denoising (and force-target) score matching through the one loop.
 """
-from rgflow.diffusion.coords import RGCoordinates
-from rgflow.diffusion.sampler import GaussianDenoiser, sample_coords
-from rgflow.diffusion.schedule import RGSchedule
+from rgflow.diffusion.gaussian import GaussianPyramid, SpectralWhitening, power_spectrum
+from rgflow.diffusion.model import DiffusionModel
+from rgflow.diffusion.sampler import sample_fields
 
-__all__ = ["RGSchedule", "RGCoordinates", "GaussianDenoiser", "sample_coords"]
+__all__ = ["GaussianPyramid", "SpectralWhitening", "power_spectrum", "DiffusionModel", "sample_fields"]

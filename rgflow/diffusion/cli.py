@@ -5,52 +5,61 @@ import argparse
 import json
 import time
 
-from rgflow.diffusion.sampler import steps_for_nfe
+from rgflow.diffusion.sampler import cost_of, steps_for_nfe
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub, parser_class) -> None:
-    """Add ``diffuse`` with its ``train`` and ``sample`` subcommands to the ``rgflow`` parser."""
+    """Add ``diffuse`` with its ``train``, ``eval`` and ``sample`` subcommands to the ``rgflow`` parser."""
     from rgflow.config import add_loop_arguments
-    from rgflow.diffusion.network import NET_SPACES
+    from rgflow.diffusion.nets import NET_KINDS
     from rgflow.diffusion.sampler import SAMPLER_KINDS
-    from rgflow.diffusion.train import NOISE_SCHEDULES
+    from rgflow.diffusion.stages import SCHEDULES
+    from rgflow.diffusion.train import TARGETS, WEIGHTS
 
     S = argparse.SUPPRESS
-    diffuse = sub.add_parser("diffuse", help="diffusion models in RG coordinates (train, sample)")
+    diffuse = sub.add_parser("diffuse", help="diffusion models on the RG hierarchy (train, eval, sample)")
     dsub = diffuse.add_subparsers(dest="diffuse_command", required=True, parser_class=parser_class)
-    tr = dsub.add_parser("train", help="denoising score matching on an ensemble .npz")
+    tr = dsub.add_parser("train", help="score matching on an ensemble .npz")
     tr.add_argument("--data", default=S, help="ensemble from `rgflow mcmc ... --out` or `rgflow sample`")
-    tr.add_argument("--schedule", dest="noise_schedule", choices=list(NOISE_SCHEDULES), default=S,
-                    help="rg: fine levels erased first (per-level log-SNR offset --delta); standard: Delta = 0")
-    tr.add_argument("--coords", default=S, help="RG coordinates: haar (default) or a trained flow run folder")
+    tr.add_argument("--schedule", dest="noise_schedule", choices=list(SCHEDULES), default=S,
+                    help="rg (default): RG levels generated one after the other, coarse to fine; standard: white "
+                         "noise on the field (EDM steps); ve: the variance-exploding process of Wang, Aarts & Zhou")
+    tr.add_argument("--net", choices=list(NET_KINDS), default=S,
+                    help="local (default): periodic convolutions with a bounded receptive field; unet: the U-Net")
+    tr.add_argument("--width", type=int, default=S, help="channels of the network (default 32)")
+    tr.add_argument("--depth", type=int, default=S, help="local: convolutions (default 4); unet: down/up stages")
+    tr.add_argument("--target", choices=list(TARGETS), default=S,
+                    help="force (default for fields): the action's force mixed into the target (no noise in it); "
+                         "dsm: denoising score matching")
+    tr.add_argument("--ema-halflife", dest="ema_halflife", type=float, default=S,
+                    help="EMA half-life in training samples (default 500000), capped by --ema-rampup x samples seen")
+    tr.add_argument("--ema-rampup", dest="ema_rampup", type=float, default=S,
+                    help="EMA half-life as a fraction of the samples seen while that is shorter (default 0.05)")
+    tr.add_argument("--coords", default=S, help="field (default) or a trained flow run folder (the hybrid)")
     tr.add_argument("--levels", type=_levels, default=S,
-                    help="K: diffuse only the latents of levels >= K of --coords RUN; the finer ones keep the "
-                         "flow's prior (the hybrid); default 0: all")
-    tr.add_argument("--delta", type=float, default=S, help="per-level log-SNR offset (rg default 4, standard 0)")
-    tr.add_argument("--level-scale", dest="level_scale", choices=["level", "global"], default=S,
-                    help="scale each level by its ensemble RMS (rg default) or all by one number (standard)")
-    tr.add_argument("--net-space", dest="net_space", choices=list(NET_SPACES), default=S)
-    tr.add_argument("--width", type=int, default=S, help="U-Net width")
-    tr.add_argument("--depth", type=int, default=S, help="U-Net down/up stages")
-    tr.add_argument("--ema", type=float, default=S, help="EMA decay of the weights used for sampling")
+                    help="K: with --coords RUN, diffuse the flow's latents of levels >= K; the finer ones keep the "
+                         "flow's prior")
     tr.add_argument("--holdout", type=float, default=S, help="held-out fraction of the ensemble (fixed by --seed)")
     tr.add_argument("--no-augment", dest="augment", action="store_false", default=S,
-                    help="no random lattice shifts / sign flips of the training fields")
+                    help="no random lattice shifts, rotations, reflections and sign flips of the training fields")
     add_loop_arguments(tr)
-    ev = dsub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables from the exact PF-ODE density")
+    weights_help = "ema (default): the moving average of the weights; raw: the last trained weights"
+    ev = dsub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables from the exact density")
     ev.add_argument("run")
-    ev.add_argument("--nfe", type=int, default=32, help="network evaluations of the deterministic sampler")
+    ev.add_argument("--nfe", type=int, default=16, help="network evaluations per stage of the deterministic sampler")
     ev.add_argument("--samples", type=int, default=1024)
+    ev.add_argument("--weights", choices=list(WEIGHTS), default="ema", help=weights_help)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (keys of rgflow eval)")
     sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
     sa.add_argument("run")
-    sa.add_argument("--nfe", type=int, required=True, help="network evaluations per sample (the one knob)")
+    sa.add_argument("--nfe", type=int, required=True, help="network evaluations per stage (the one knob)")
     sa.add_argument("-n", type=int, required=True, help="number of samples")
     sa.add_argument("--sampler", choices=list(SAMPLER_KINDS), default="ode",
-                    help="ode: Heun on the probability-flow ODE; sde: Euler-Maruyama on the reverse SDE")
+                    help="ode: Heun on the probability-flow ODE; sde: the reverse SDE")
+    sa.add_argument("--weights", choices=list(WEIGHTS), default="ema", help=weights_help)
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--batch-size", type=int, default=1024)
     sa.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -79,12 +88,12 @@ def _eval(args) -> int:
     if args.samples < 2:
         raise ValueError(f"--samples must be >= 2, got {args.samples}")
     steps_for_nfe(args.nfe, "ode")
-    cfg, model, action, _ = load_diffusion_run(args.run, nfe=args.nfe)
+    cfg, model, action, _ = load_diffusion_run(args.run, nfe=args.nfe, weights=args.weights)
     t0 = time.perf_counter()
     res = evaluate(model, action, args.samples, seed=args.seed)
     seconds = time.perf_counter() - t0
-    res.update(nfe=args.nfe, seconds=seconds, seconds_per_sample=seconds / args.samples, levels=cfg.levels,
-               schedule=cfg.noise_schedule)
+    res.update(**cost_of(model, args.nfe), seconds=seconds, seconds_per_sample=seconds / args.samples,
+               levels=cfg.levels, schedule=cfg.noise_schedule, weights=args.weights)
     print(json.dumps(res) if args.json else _format_eval(res))
     return 0
 
@@ -127,14 +136,15 @@ def _sample(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     out = check_npz_path(args.out) if args.out else None
-    cfg, model, action, _ = load_diffusion_run(args.run)
+    cfg, model, action, _ = load_diffusion_run(args.run, weights=args.weights)
     gen = torch.Generator(device=cfg.device).manual_seed(args.seed)
     t0 = time.perf_counter()
     x, nfe = sample_fields(model, args.n, args.nfe, args.sampler, gen, args.batch_size)
     seconds = time.perf_counter() - t0
+    cost = cost_of(model, args.nfe, args.sampler)
     est = estimate_observables(action.measurement_field(x.double(), torch.Generator(device=cfg.device).manual_seed(args.seed + 1)))
     res = {"run": str(args.run), "action": action.name, "params": dict(action.params), "L": cfg.L,
-           "schedule": cfg.noise_schedule, "sampler": args.sampler, "nfe": nfe, "n_samples": args.n,
+           "schedule": cfg.noise_schedule, "sampler": args.sampler, **cost, "weights": args.weights, "n_samples": args.n,
            "seconds": seconds, "observables": {k: v.to_list() for k, v in est.items()}}
     if out is not None:
         save_samples(out, x, action, cfg.L, f"diffusion:{args.sampler}", nfe=nfe, step=0)
@@ -142,7 +152,8 @@ def _sample(args) -> int:
         print(json.dumps(res))
         return 0
     print(f"{action.name} {dict(action.params)} L={cfg.L}: {args.n} samples, {args.sampler} sampler, {nfe} network "
-          f"evaluations each ({cfg.noise_schedule} schedule), {seconds:.2f} s")
+          f"evaluations per stage ({cost['network_calls']} calls, {cost['lattice_nfe']:.2f} on the whole lattice; "
+          f"{cfg.noise_schedule} schedule, {args.weights} weights), {seconds:.2f} s")
     for name, (v, e) in res["observables"].items():
         print(f"  {name:<10} {fmt(v, e):>16}")
     return 0

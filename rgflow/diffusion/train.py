@@ -1,16 +1,30 @@
-r"""Denoising score matching in RG coordinates, through the one training loop.
+r"""Score matching in whitened coordinates, through the one training loop.
 
-``train_diffusion(cfg, run_dir)`` builds a :class:`~rgflow.train.loop.Task` -- the
-:class:`DiffusionModel` (coordinates, schedule, denoiser), the :class:`DenoisingLoss` module
-(``forward(batch_size) -> loss``: a minibatch of the training split, randomly shifted and, for
-actions with the symmetry, sign-flipped; a random level and log-SNR per sample; EDM's weighted loss;
-through a trained flow's coordinates the fields are encoded a pool at a time, :class:`EncodedPool`)
-and an EMA of the weights -- and runs :func:`~rgflow.train.loop.run_loop`: the same run folder, ``config.json``
-(with ``"kind": "diffusion"``), ``metrics.jsonl`` (held-out loss at every evaluation), atomic
-checkpoints, ``--resume``, signals, non-finite guard, progress bar and DDP as flow training.
+``train_diffusion(cfg, run_dir)`` builds a :class:`~rgflow.train.loop.Task` and runs
+:func:`~rgflow.train.loop.run_loop` (run folder, ``config.json`` with ``"kind": "diffusion"``,
+``metrics.jsonl``, atomic checkpoints, ``--resume``, signals, progress, DDP as flow training).
+
+* The model (:class:`~rgflow.diffusion.model.DiffusionModel`) is built from the training split's
+  power spectrum, so it starts as the ensemble's exact Gaussian.
+* :class:`DenoisingLoss`: minibatches of the training split, randomly shifted, reflected, rotated and
+  (Z2 actions) sign-flipped; every stage gets a uniform ``tau`` per sample and the loss
+  ``|F - target|^2`` averaged over its variables; the stages' losses are averaged with equal weight
+  (every level learns: the top level's one variable weighs as much as the finest level), and small
+  stages see several noise draws per field (:func:`replicas`). Targets: ``dsm``,
+  ``sin(theta) u - cos(theta) eps`` (denoising score matching), or ``force``: the action's exact
+  force through target score matching (De Bortoli et al., arXiv:2402.08667) mixed with it at the
+  weight ``cos^2(theta)`` that cancels the Gaussian part, ``sin(theta) r`` with
+  ``r = u + g``, ``g = -(dx/du)^T grad S(x)`` -- no noise in the target, and exactly zero for a
+  Gaussian action. On a coarse stage ``g`` also carries the finer levels' fluctuations
+  (``rho = E[r^2]`` per variable: 30 for the zero mode at kappa_c, L = 16, against 0.02 on the finest
+  level), so each stage mixes the two unbiased targets with ``w = 1 / (1 + rho sin^2 theta)``, the
+  weight of least variance when the denoising target's is 1 (:func:`force_residual`).
+* :class:`EMA`: EDM's exponential moving average with a half-life that grows with training
+  (``min(ema_halflife, ema_rampup * samples seen)``); ``--weights ema|raw`` chooses what samples.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,151 +34,129 @@ import torch
 from torch import nn
 
 from rgflow.config import LoopConfig
-from rgflow.diffusion.coords import SCALINGS, RGCoordinates
-from rgflow.diffusion.network import NET_SPACES, EMA, Denoiser
-from rgflow.diffusion.schedule import RGSchedule
+from rgflow.diffusion.model import DiffusionModel, build_stages
+from rgflow.diffusion.nets import NET_KINDS
+from rgflow.diffusion.stages import SCHEDULES
 from rgflow.train.distributed import sampler_seed
 
-__all__ = ["DiffusionConfig", "DiffusionModel", "DenoisingLoss", "EncodedPool", "train_diffusion", "load_diffusion_run",
-           "config_for_ensemble", "NOISE_SCHEDULES"]
+__all__ = ["DiffusionConfig", "DenoisingLoss", "EMA", "EncodedPool", "train_diffusion", "load_diffusion_run",
+           "config_for_ensemble", "build_model", "replicas", "force_residual", "TARGETS", "WEIGHTS"]
 
-NOISE_SCHEDULES = ("rg", "standard")
-#: Per-level log-SNR offset of the RG schedule when --delta is not given.
-DEFAULT_DELTA = 4.0
+TARGETS = ("force", "dsm")
+WEIGHTS = ("ema", "raw")
 
 
 @dataclass
 class DiffusionConfig(LoopConfig):
-    """A diffusion model's training run (``rgflow diffuse train --help``).
-
-    ``noise_schedule`` ``"rg"`` means ``delta`` = :data:`DEFAULT_DELTA` and per-level scaling
-    unless given; ``"standard"`` means ``delta = 0`` and one global scale.
-    """
+    """A diffusion model's training run (``rgflow diffuse train --help``)."""
 
     kind: str = "diffusion"
     data: str = ""
     action: str = ""
     params: dict = field(default_factory=dict)
     L: int = 0
-    coords: str = "haar"
+    coords: str = "field"
     levels: int = 0
     noise_schedule: str = "rg"
-    delta: float | None = None
-    level_scale: str | None = None
-    logsnr_max: float = 10.0
-    logsnr_min: float = -10.0
+    net: str = "local"
     width: int = 32
-    depth: int = 3
-    net_space: str | None = None
-    ema: float = 0.999
+    depth: int = 4
+    target: str | None = None
+    odd: bool = True
+    ema_halflife: float = 500_000.0
+    ema_rampup: float = 0.05
     holdout: float = 0.1
     augment: bool = True
-    lr: float = 1e-3
+    lr: float = 2e-3
     grad_clip: float = 1.0
 
-    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "levels", "noise_schedule", "delta", "level_scale", "logsnr_max",
-                                             "logsnr_min", "width", "depth", "net_space")
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "levels", "noise_schedule", "net", "width", "depth", "odd")
+
+    #: Keys only diffusion runs written before the whitened, staged models have.
+    OLD_KEYS: ClassVar[frozenset[str]] = frozenset({"delta", "level_scale", "net_space", "ema", "logsnr_max", "logsnr_min"})
+
+    @classmethod
+    def from_dict(cls, data: dict, warn: bool = True):
+        old = sorted(cls.OLD_KEYS & set(data))
+        if old:
+            raise ValueError(f"this diffusion run was written in rgflow's earlier diffusion format (keys {', '.join(old)}: "
+                             "Haar coordinates with per-level scales), which this version cannot sample; retrain it with "
+                             "`rgflow diffuse train --data ...`")
+        return super().from_dict(data, warn)
 
     def __post_init__(self):
-        rg = self.noise_schedule == "rg"
-        if self.delta is None:
-            self.delta = DEFAULT_DELTA if rg else 0.0
-        if self.level_scale is None:
-            self.level_scale = "level" if rg else "global"
-        if self.net_space is None:
-            self.net_space = "field" if self.coords == "haar" else "latent"
+        if self.target is None:
+            self.target = "force" if self.coords == "field" else "dsm"
         self.validate()
 
     def validate(self) -> None:
         self.validate_loop()
         if self.kind != "diffusion":
             raise ValueError(f"kind={self.kind!r} is not a diffusion run")
-        for name, allowed in (("noise_schedule", NOISE_SCHEDULES), ("level_scale", SCALINGS),
-                              ("net_space", NET_SPACES)):
+        for name, allowed in (("noise_schedule", SCHEDULES), ("net", NET_KINDS), ("target", TARGETS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
         if not self.data:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout={self.holdout!r} is not allowed: a fraction in (0, 1)")
-        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"delta={self.delta!r} is not allowed: must be a number >= 0")
-        for name in ("width", "depth"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be a positive integer")
+        for name, low in (("width", 1), ("depth", 1 if self.net == "unet" else 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} is not allowed: an integer >= {low}")
+        if not (isinstance(self.ema_halflife, (int, float)) and math.isfinite(self.ema_halflife) and self.ema_halflife >= 0):
+            raise ValueError(f"ema_halflife={self.ema_halflife!r} is not allowed: a number of samples >= 0")
+        if not (isinstance(self.ema_rampup, (int, float)) and 0 < self.ema_rampup <= 1):
+            raise ValueError(f"ema_rampup={self.ema_rampup!r} is not allowed: a fraction in (0, 1]")
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f"levels={self.levels!r} is not allowed: the first diffused level K >= 0 (--levels K:)")
-        if self.levels > 0 and self.coords == "haar":
-            raise ValueError("levels > 0 needs --coords RUN (a trained flow whose prior generates the finer levels)")
+        if self.coords == "field":
+            if self.levels:
+                raise ValueError("levels > 0 needs --coords RUN (a trained flow whose prior generates the finer levels)")
+        else:
+            if self.levels < 1:
+                raise ValueError("--coords RUN needs --levels K: with K >= 1 (the flow's latents of levels >= K are diffused)")
+            if self.noise_schedule != "rg" or self.target != "dsm":
+                raise ValueError("--coords RUN (the hybrid) supports --schedule rg and --target dsm only, got "
+                                 f"schedule={self.noise_schedule!r}, target={self.target!r}")
 
 
-def make_coordinates(spec: str, L: int, channels: int, scaling: str, device: str = "cpu",
-                     levels: int = 0) -> RGCoordinates:
-    """``"haar"`` or a flow run folder -> :class:`RGCoordinates` (unfitted scale), diffusing levels ``>= levels``."""
-    from rgflow.flows.haar import haar_flow
+def replicas(n_vars: list[int], most: int = 32) -> list[int]:
+    """Noise draws per field for each stage: ``n_max / (4 n)`` clamped to ``[1, most]``, so a level
+    of few variables (the top: one per channel) still sees many (theta, eps) per step."""
+    n_max = max(n_vars)
+    return [max(1, min(most, n_max // (4 * n))) for n in n_vars]
+
+
+@torch.no_grad()
+def force_residual(model, fields: torch.Tensor, action) -> list[float]:
+    """``rho_s = E[|u + g|^2]`` per variable of every stage on ``fields`` (the force target's variance)."""
+    loss = DenoisingLoss(model, lambda n: fields, torch.Generator(device=fields.device), action)
+    zs, _, gs = loss.encode(len(fields))
+    return [float(((z + g) ** 2).mean()) for z, g in zip(zs, gs)]
+
+
+def build_model(cfg: DiffusionConfig, P: torch.Tensor | None, channels: int, device: str = "cpu") -> DiffusionModel:
+    """The model ``cfg`` describes: field coordinates from the spectrum ``P [C, L, L]``, or a flow run's latents."""
     from rgflow.layout import Layout
+
+    if cfg.coords == "field":
+        return DiffusionModel.build(P, Layout(cfg.L), cfg.noise_schedule, cfg.net, cfg.width, cfg.depth, cfg.odd)
+    from rgflow.diffusion.latent import LatentPyramid
     from rgflow.train import load_run
 
-    if spec == "haar":
-        flow = haar_flow(Layout(L), channels)
-    else:
-        cfg, flow, _ = load_run(spec, device=device)
-        if cfg.L != L or flow.channels != channels or not hasattr(flow, "layout"):
-            raise ValueError(f"--coords {spec}: a hierarchical flow run for L={L} with {channels} channel(s) is "
-                             f"needed, got flow={cfg.flow!r}, L={cfg.L}, channels={flow.channels}")
-    return RGCoordinates(flow, scaling, levels)
-
-
-class DiffusionModel(nn.Module):
-    """Coordinates (with the fitted scale), schedule and denoiser of one diffusion run, and the
-    density interface of every model family: :meth:`sample` ``(n) -> (x, ln q)`` and :meth:`log_prob`,
-    exact for the deterministic PF-ODE sampler with ``nfe`` network evaluations
-    (:mod:`rgflow.diffusion.exact`)."""
-
-    def __init__(self, coords: RGCoordinates, schedule: RGSchedule, denoiser, nfe: int = 32):
-        super().__init__()
-        self.coords, self.schedule, self.denoiser, self.nfe = coords, schedule, denoiser, nfe
-
-    @classmethod
-    def from_config(cls, cfg: DiffusionConfig, L: int, channels: int, device: str = "cpu", nfe: int = 32):
-        """The (untrained) model a config describes."""
-        coords = make_coordinates(cfg.coords, L, channels, cfg.level_scale, device, cfg.levels)
-        schedule = RGSchedule(coords.n_levels, cfg.delta, cfg.logsnr_max, cfg.logsnr_min)
-        return cls(coords, schedule, Denoiser(coords, cfg.width, cfg.depth, cfg.net_space), nfe)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x [n, C, L, L], ln q(x) [n])`` from the PF-ODE sampler with ``self.nfe`` evaluations."""
-        from rgflow.diffusion.exact import exact_sample
-
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n (number of samples) must be a positive integer, got {n!r}")
-        # the D vector-Jacobian products per sample run batched: at most ~2^16 lattice sites of
-        # network activations in flight, in chunks of at most D products per sample (default U-Net,
-        # one thread: at L = 32 a step's Jacobian takes 12 s in chunks of 64 against 28 s in chunks
-        # of 256, peak memory under 1 GiB either way)
-        L = self.coords.layout.L
-        rows = max(1, 2**16 // (L * L))
-        chunk = min(math.prod(self.coords.shape), rows)
-        per_call = max(1, rows // chunk)
-        parts = [exact_sample(self, min(per_call, n - i), self.nfe, generator, chunk)
-                 for i in range(0, n, per_call)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``ln q(x) [B]`` of the same sampler."""
-        from rgflow.diffusion.exact import exact_log_prob
-
-        return exact_log_prob(self, x, self.nfe)
+    flow_cfg, flow, _ = load_run(cfg.coords, device=device)
+    if flow_cfg.L != cfg.L or flow.channels != channels or not hasattr(flow, "layout"):
+        raise ValueError(f"--coords {cfg.coords}: a hierarchical flow run for L={cfg.L} with {channels} channel(s) is "
+                         f"needed, got flow={flow_cfg.flow!r}, L={flow_cfg.L}, channels={flow.channels}")
+    coords = LatentPyramid(flow, cfg.levels)
+    return DiffusionModel(coords, build_stages(coords, "rg", cfg.net, cfg.width, cfg.depth, False))
 
 
 class EncodedPool:
-    """Minibatches of encoded training fields ``w = coords.encode(x)[0]`` for coordinates that are a
-    trained flow, where encoding a field costs a whole flow pass -- far more than a denoiser step on
-    a few coarse latents (hybrid at L = 16: 1260 steps in 3 min when every minibatch was encoded).
-    ``size`` augmented fields from ``batches`` are encoded at once (in chunks of ``chunk``, each with
-    its own random shift) and minibatches are drawn from them with replacement until each has been
-    served ``reuse`` times on average (with fresh noise in the loss every time); then a fresh pool.
-    ``state()`` / ``load(state)`` make a resumed run continue with the same pool."""
+    """Minibatches of a trained flow's diffused latents ``w``: ``size`` augmented fields are encoded at
+    once (in chunks of ``chunk``) and served ``reuse`` times on average with fresh noise, since one
+    flow pass costs far more than a step on a few coarse latents. ``state()`` / ``load()`` checkpoint it."""
 
     def __init__(self, coords, batches, generator: torch.Generator, size: int = 4096, reuse: int = 8,
                  chunk: int = 256):
@@ -174,7 +166,7 @@ class EncodedPool:
 
     @torch.no_grad()
     def _refill(self) -> None:
-        self.pool = torch.cat([self.coords.encode(self.batches(self.chunk))[0]
+        self.pool = torch.cat([self.coords.latents(self.batches(self.chunk))[0]
                                for _ in range(-(-self.size // self.chunk))])
         self.served = 0
 
@@ -193,37 +185,109 @@ class EncodedPool:
 
 
 class DenoisingLoss(nn.Module):
-    """``forward(batch_size) -> loss``: EDM-weighted denoising score matching on minibatches drawn
-    by ``batches`` (a :class:`~rgflow.ensemble.FieldBatches` of the training split, encoded per
-    minibatch, or an :class:`EncodedPool` of already encoded ones).
+    """``forward(batch_size) -> loss`` (module docstring); ``last_parts`` holds each stage's loss.
 
-    Noise levels as in EDM, where the denoiser can learn: for every sample a random level ``l`` and
-    a log-SNR ``lambda ~ N(LOGSNR_MEAN, LOGSNR_STD^2)`` for it, i.e. ``t = schedule.time_of(lambda, l)``
-    (the other levels follow the schedule). Uniform ``t`` would spend most samples where every
-    level is either clean or pure noise and the loss cannot be lowered.
+    Args:
+        model: the :class:`DiffusionModel`.
+        draw: ``batch_size -> fields [B, C, L, L]`` (field coordinates) or an :class:`EncodedPool`.
+        generator: the loop's stream (noise levels and noise).
+        action: the ensemble's action for ``target="force"`` (None: ``dsm``).
+        rho: :func:`force_residual` per stage (default 0: the force target alone).
     """
 
-    LOGSNR_MEAN, LOGSNR_STD = 1.0, 3.0
-
-    def __init__(self, model: DiffusionModel, batches, generator: torch.Generator):
+    def __init__(self, model: DiffusionModel, draw, generator: torch.Generator, action=None,
+                 rho: list[float] | None = None):
         super().__init__()
-        self.model, self.batches, self.generator = model, batches, generator
+        self.model, self.draw, self.generator, self.action = model, draw, generator, action
+        self.rho = rho or [0.0] * len(model.stages)
+        self.replicas = replicas([st.n_vars for st in model.stages])
+        self.last_parts: list[float] = []
+
+    def encode(self, batch_size: int):
+        """``(clean z per stage, context per stage, force target g per stage or None)``."""
+        coords = self.model.coords
+        if isinstance(self.draw, EncodedPool):
+            zs, ctx = coords.whiten(self.draw(batch_size))
+            return zs, ctx, [None] * len(zs)
+        with torch.no_grad():
+            zs, ctx, _ = coords.encode(self.draw(batch_size))
+        if self.action is None:
+            return zs, ctx, [None] * len(zs)
+        with torch.enable_grad():
+            leaves = [z.detach().requires_grad_(True) for z in zs]
+            state = None
+            for s, z in enumerate(leaves):
+                state = coords.absorb(s, state, z)
+            x, _ = coords.finish(state)
+            grads = torch.autograd.grad(self.action.evaluate(x).sum(), leaves)
+        return zs, ctx, [-g for g in grads]
+
+    def stage_loss(self, stage, u, context, g, n_rep: int, rho: float = 0.0) -> torch.Tensor:
+        gen = self.generator
+        if n_rep > 1:
+            u = u.repeat(n_rep, *[1] * (u.dim() - 1))
+            context = None if context is None else context.repeat(n_rep, *[1] * (context.dim() - 1))
+            g = None if g is None else g.repeat(n_rep, *[1] * (g.dim() - 1))
+        tau = torch.rand(len(u), dtype=u.dtype, device=u.device, generator=gen)
+        theta = stage.theta(tau)
+        eps = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=gen)
+        z = torch.cos(theta) * u + torch.sin(theta) * eps
+        sin, cos = torch.sin(theta), torch.cos(theta)
+        target = sin * u - cos * eps
+        if g is not None:
+            w = 1 / (1 + rho * sin**2)
+            target = w * sin * (u + g) + (1 - w) * target
+        return ((stage.velocity(z, tau, context) - target) ** 2).mean()
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        if isinstance(self.batches, EncodedPool):
-            w = self.batches(batch_size)
-        else:
-            with torch.no_grad():
-                w = self.model.coords.encode(self.batches(batch_size))[0]
-        g, schedule = self.generator, self.model.schedule
-        level = torch.randint(schedule.n_levels, (batch_size,), generator=g, device=w.device).to(w.dtype)
-        lam = self.LOGSNR_MEAN + self.LOGSNR_STD * torch.randn(batch_size, dtype=w.dtype, device=w.device, generator=g)
-        t = schedule.time_of(lam, level)
-        eps = torch.randn(w.shape, dtype=w.dtype, device=w.device, generator=self.generator)
-        return self.model.denoiser.loss(w, schedule.sigma(t), eps).mean()
+        zs, ctx, gs = self.encode(batch_size)
+        parts = [self.stage_loss(st, u, c, g, r, rho)
+                 for st, u, c, g, r, rho in zip(self.model.stages, zs, ctx, gs, self.replicas, self.rho)]
+        self.last_parts = [float(p.detach()) for p in parts]
+        return torch.stack(parts).mean()
+
+
+class EMA:
+    """EDM's moving average of the stages' weights (Karras et al. 2022, ``training_loop.py``): after each
+    step, with ``n`` samples seen before it, ``h = min(halflife, rampup n)`` and
+    ``ema <- ema + (1 - beta)(theta - ema)``, ``beta = 0.5^(batch / h)`` (``beta = 0`` at the start)."""
+
+    def __init__(self, module: nn.Module, batch_size: int, halflife: float, rampup: float):
+        self.module, self.batch_size, self.halflife, self.rampup = module, batch_size, halflife, rampup
+        self.shadow = copy.deepcopy(module).requires_grad_(False)
+        self.seen = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        h = min(self.halflife, self.rampup * self.seen)
+        beta = 0.5 ** (self.batch_size / h) if h > 0 else 0.0
+        self.seen += self.batch_size
+        for e, p in zip(self.shadow.parameters(), self.module.parameters()):
+            e.lerp_(p.detach(), 1 - beta)
+        for e, b in zip(self.shadow.buffers(), self.module.buffers()):
+            e.copy_(b)
+
+    def state(self) -> dict:
+        return {"ema": self.shadow.state_dict(), "ema_seen": self.seen}
+
+    def load(self, state: dict) -> None:
+        self.shadow.load_state_dict(state["ema"])
+        self.seen = int(state.get("ema_seen", 0))
+
+
+def _augment_d4(draw, generator):
+    """Random lattice rotations and reflections on top of ``draw`` (every action here is D4-invariant)."""
+    def augmented(batch_size: int) -> torch.Tensor:
+        x = draw(batch_size)
+        k = int(torch.randint(8, (1,), generator=generator, device=generator.device))
+        if k & 4:
+            x = x.transpose(-1, -2)
+        return torch.rot90(x, k & 3, dims=(-2, -1))
+    return augmented
 
 
 def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
+    from rgflow.diffusion.gaussian import power_spectrum
     from rgflow.ensemble import FieldBatches, load_ensemble, split_ensemble
     from rgflow.train.loop import Task
 
@@ -234,60 +298,80 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     fields = ens.fields.to(device=device, dtype=dtype)
     train_idx, test_idx = split_ensemble(len(fields), cfg.holdout, cfg.seed)
-    model = DiffusionModel.from_config(cfg, cfg.L, ens.action.channels, device).to(device=device, dtype=dtype)
-    model.coords.fit_scale(fields[train_idx])
+    C = ens.action.channels
+    P = power_spectrum(fields[train_idx], average_channels=C > 1) if cfg.coords == "field" else None
+    model = build_model(cfg, P, C, device).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
     batches = FieldBatches(fields[train_idx], gen, shift=cfg.augment, sign=cfg.augment and ens.action.sign_symmetric)
-    pool = EncodedPool(model.coords, batches, gen) if cfg.coords != "haar" else None
-    loss = DenoisingLoss(model, pool or batches, gen)
-    ema = EMA(model.denoiser, cfg.ema)
+    draw = _augment_d4(batches, gen) if cfg.augment else batches
+    pool = None
+    if cfg.coords != "field":
+        pool = EncodedPool(model.coords, draw, gen)
+        with torch.no_grad():
+            model.coords.fit(torch.cat([model.coords.latents(draw(256))[0] for _ in range(32)]))
+        draw = pool
+    force = ens.action if cfg.target == "force" else None
+    rho = force_residual(model, fields[train_idx][:2048], force) if force is not None else None
+    loss = DenoisingLoss(model, draw, gen, force, rho)
+    ema = EMA(model.stages, cfg.batch_size, cfg.ema_halflife, cfg.ema_rampup)
     held_out = fields[test_idx][:cfg.eval_samples]
 
-    @torch.no_grad()
     def quick_eval(step: int) -> dict:
-        """Held-out loss on a fixed grid of t (the same noise every time), EMA weights."""
+        """Held-out loss of the EMA weights with fixed noise (the training target)."""
         g = torch.Generator(device=device).manual_seed(cfg.seed)
-        t = torch.linspace(0.05, 0.95, 10, dtype=dtype, device=device).repeat_interleave(len(held_out))
-        y = model.coords.encode(held_out.repeat(10, 1, 1, 1))[0]
-        eps = torch.randn(y.shape, dtype=dtype, device=device, generator=g)
-        return {"heldout_loss": float(ema.shadow.loss(y, model.schedule.sigma(t), eps).mean()),
-                "n_heldout": len(held_out)}
+        held = EncodedPool(model.coords, lambda n: held_out, g, size=len(held_out), reuse=1) if pool else \
+            (lambda n: held_out)
+        probe = DenoisingLoss(DiffusionModel(model.coords, ema.shadow), held, g, loss.action, loss.rho)
+        probe.replicas = [1] * len(probe.replicas)
+        value = float(probe(len(held_out)).detach())
+        return {"heldout_loss": value, "heldout_loss_per_stage": probe.last_parts, "n_heldout": len(held_out)}
 
     def load_extra(state: dict) -> None:
         if "ema" in state:
-            ema.shadow.load_state_dict(state["ema"])
+            ema.load(state)
         if pool is not None and "pool" in state:
             pool.load(state["pool"])
 
     def extra_state() -> dict:
-        return {"ema": ema.shadow.state_dict(), **({"pool": pool.state()} if pool is not None else {})}
+        return {**ema.state(), **({"pool": pool.state()} if pool is not None else {})}
 
     return Task(model, loss, gen, quick_eval=quick_eval, after_step=ema.update,
+                log_extras=lambda: {"loss_per_stage": loss.last_parts, **({"force_rho": rho} if rho else {})},
                 extra_state=extra_state, load_extra_state=load_extra)
 
 
 def train_diffusion(cfg: DiffusionConfig, run_dir: str | Path, resume: bool = False,
                     progress: bool | None = None) -> dict:
-    """Train the diffusion model ``cfg`` describes into ``run_dir`` (see the module docstring)."""
+    """Train the diffusion model ``cfg`` describes into ``run_dir`` (module docstring)."""
     from rgflow.train.loop import run_loop
 
     return run_loop(cfg, run_dir, _diffusion_task, resume, progress)
 
 
-def load_diffusion_run(run_dir: str | Path, device: str | None = None, nfe: int = 32):
-    """``(config, model with the EMA denoiser weights, the action, checkpoint state)``; the model's
-    density is that of the PF-ODE sampler with ``nfe`` evaluations."""
+def load_diffusion_run(run_dir: str | Path, device: str | None = None, nfe: int = 16, weights: str = "ema"):
+    """``(config, model, action, checkpoint state)`` of a diffusion run; ``weights``: the EMA
+    (``"ema"``) or the raw trained weights (``"raw"``); the model's density is that of the
+    deterministic sampler with ``nfe`` evaluations per stage."""
     from rgflow.physics.models import make_action
     from rgflow.train.loop import load_run_state
 
+    if weights not in WEIGHTS:
+        raise ValueError(f"--weights {weights!r} is not allowed; allowed: {', '.join(WEIGHTS)}")
     cfg, state = load_run_state(run_dir, "diffusion", DiffusionConfig, device,
                                 "; use `rgflow eval/sample/mcmc` for a flow run, or train one with `rgflow diffuse train`")
     action = make_action(cfg.action, **cfg.params)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    model = DiffusionModel.from_config(cfg, cfg.L, action.channels, cfg.device, nfe).to(device=cfg.device, dtype=dtype)
-    model.load_state_dict(state["model"])
-    if "ema" in state.get("extra", {}):
-        model.denoiser.load_state_dict(state["extra"]["ema"])
+    P = state["model"].get("coords.P")
+    model = build_model(cfg, P, action.channels, cfg.device).to(device=cfg.device, dtype=dtype)
+    try:
+        model.load_state_dict(state["model"])
+        if weights == "ema" and "ema" in state.get("extra", {}):
+            model.stages.load_state_dict(state["extra"]["ema"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ValueError(f"{run_dir}: the checkpoint does not fit the model its config.json describes ({first}); "
+                         "was it written by another rgflow version?") from None
+    model.nfe = nfe
     model.eval()
     return cfg, model, action, state
 
@@ -299,4 +383,5 @@ def config_for_ensemble(data: str, **options) -> DiffusionConfig:
 
     ens = load_ensemble(data)
     Layout(ens.L)  # the Haar hierarchy (block size 2) must fit the ensemble's lattice
+    options.setdefault("odd", bool(ens.action.sign_symmetric))
     return DiffusionConfig(data=str(data), action=ens.action.name, params=dict(ens.action.params), L=ens.L, **options)

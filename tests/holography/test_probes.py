@@ -10,7 +10,7 @@ from rgflow.cli import main
 from rgflow.flows import haar_flow
 from rgflow.holography import bulk_correlators, fit_geometry, flat_distance, hyperbolic_distance, pair_keys
 from rgflow.layout import Layout
-from tests.diffusion.test_exact import _field_covariance
+from tests.diffusion.test_gaussian import _field_covariance
 
 
 def test_bulk_correlators_of_the_free_field_equal_the_exact_ones():

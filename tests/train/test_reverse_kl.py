@@ -166,7 +166,7 @@ def test_forward_kl_on_a_free_field_ensemble_reaches_the_exact_likelihood(tmp_pa
     from rgflow.cli import main
     from rgflow.ensemble import save_samples
     from rgflow.physics import free_field_lnZ
-    from tests.diffusion.test_exact import _field_covariance
+    from tests.diffusion.test_gaussian import _field_covariance
 
     L, m2 = 4, 1.0
     cov = _field_covariance(L, m2)
