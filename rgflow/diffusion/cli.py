@@ -39,8 +39,8 @@ def add_parser(sub, parser_class) -> None:
                     help="EMA half-life as a fraction of the samples seen while that is shorter (default 0.05)")
     tr.add_argument("--coords", default=S, help="field (default) or a trained flow run folder (the hybrid)")
     tr.add_argument("--levels", type=_levels, default=S,
-                    help="K: with --coords RUN, diffuse the flow's latents of levels >= K; the finer ones keep the "
-                         "flow's prior")
+                    help="K: with --coords RUN, diffuse the flow's latents of levels >= K (default 1; 0: all); the "
+                         "finer ones keep the flow's prior")
     tr.add_argument("--holdout", type=float, default=S, help="held-out fraction of the ensemble (fixed by --seed)")
     tr.add_argument("--no-augment", dest="augment", action="store_false", default=S,
                     help="no random lattice shifts, rotations, reflections and sign flips of the training fields")

@@ -28,7 +28,7 @@ import torch
 
 from rgflow.diffusion.jacobian import dense_jacobian, local_jacobian, logabsdet, sparse_logabsdet, to_dense
 from rgflow.diffusion.gaussian import hartley
-from rgflow.diffusion.sampler import heun_step, steps_for_nfe, tau_grid
+from rgflow.diffusion.sampler import heun_step, stage_steps, tau_grid
 from rgflow.diffusion.stages import AngleStage, SpectralStage
 
 __all__ = ["exact_sample", "exact_log_prob", "step_jacobian", "step_logabsdet", "velocity_jacobian",
@@ -154,10 +154,9 @@ def _log_normal(z: torch.Tensor) -> torch.Tensor:
 def exact_sample(model, n: int, nfe: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fields from the deterministic sampler with their exact ``ln q``: ``(x [n, C, L, L], ln q [n])``."""
     coords, ref, state = model.coords, model.reference, None
-    N = steps_for_nfe(nfe, "ode")
     log_q = torch.zeros(n, dtype=ref.dtype, device=ref.device)
     with _weights_frozen(model):
-        for s, stage in enumerate(model.stages):
+        for s, (stage, N) in enumerate(zip(model.stages, stage_steps(model, nfe))):
             context = coords.context(s, state)
             z = torch.randn(n, *stage.shape, dtype=ref.dtype, device=ref.device, generator=generator)
             log_q = log_q + _log_normal(z)
@@ -178,11 +177,10 @@ def exact_log_prob(model, x: torch.Tensor, nfe: int, tol: float | None = None, m
     Newton's method with its exact Jacobian, ``z <- z - J(z)^{-1} (Phi(z) - z_next)``."""
     coords = model.coords
     tol = tol if tol is not None else (1e-10 if x.dtype == torch.float64 else 1e-4)
-    N = steps_for_nfe(nfe, "ode")
     with torch.no_grad():
         zs, contexts, log_q = coords.encode(x)
     with _weights_frozen(model):
-        for stage, z, context in zip(model.stages, zs, contexts):
+        for stage, z, context, N in zip(model.stages, zs, contexts, stage_steps(model, nfe)):
             taus = tau_grid(N, z)
             for i in reversed(range(N)):
                 last, target, guess = i == N - 1, z, z

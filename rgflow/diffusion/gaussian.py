@@ -202,6 +202,10 @@ class GaussianPyramid(nn.Module):
         """The Layout level a stage generates (``n_levels`` = top)."""
         return self.n_levels - s
 
+    def stage_rank(self, s: int) -> int:
+        """How many levels above the finest the stage lies (0: finest)."""
+        return self.level_of_stage(s)
+
     def stage_shape(self, s: int) -> tuple[int, int, int]:
         L, C = self.layout.L, self.channels
         if s == 0:

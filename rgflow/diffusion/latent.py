@@ -1,7 +1,8 @@
 r"""The flow-diffusion hybrid's coordinates: a trained flow's coarse latents, whitened level by level.
 
 ``LatentPyramid(flow, K)`` diffuses the bulk latents of levels ``>= K`` of a trained hierarchical
-flow (:class:`~rgflow.flows.rgflow.RGFlow`); the finer latents keep the flow's own prior. The
+flow (:class:`~rgflow.flows.rgflow.RGFlow`); the finer latents keep the flow's own prior (``K = 0``:
+all latents are diffused). The
 diffused latents ``w`` form one stage per level, coarse to fine, each whitened given the coarser
 ones by the training ensemble's covariance (Cholesky; :meth:`fit`):
 
@@ -26,8 +27,8 @@ class LatentPyramid(nn.Module):
         super().__init__()
         layout = flow.layout
         top = layout.n_levels
-        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= top:
-            raise ValueError(f"levels={levels!r} is not allowed: the first diffused level, 1 ... {top} (the top)")
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 0 <= levels <= top:
+            raise ValueError(f"levels={levels!r} is not allowed: the first diffused level, 0 ... {top} (the top)")
         self.flow, self.layout, self.levels, self.channels = flow, layout, levels, flow.channels
         for p in self.flow.parameters():
             p.requires_grad_(False)
@@ -41,6 +42,10 @@ class LatentPyramid(nn.Module):
     @property
     def n_stages(self) -> int:
         return len(self.sizes)
+
+    def stage_rank(self, s: int) -> int:
+        """How many levels above the finest diffused one the stage lies."""
+        return self.stage_levels[s] - self.levels
 
     def stage_shape(self, s: int) -> tuple[int]:
         return (self.sizes[s],)

@@ -38,9 +38,11 @@ def build_stages(coords, schedule: str, net: str, width: int, depth: int, odd: b
         c_in = shape[0] + coords.context_channels(s)
         if len(shape) == 1:  # flat latents
             body = MLPNet(c_in, shape[0], 4 * width, depth)
-            stages.append(AngleStage(Odd(body) if odd else body, shape))
+            stage = AngleStage(Odd(body) if odd else body, shape)
         else:
-            stages.append(AngleStage(make_net(net, c_in, shape[0], shape[-1], width, depth, odd), shape))
+            stage = AngleStage(make_net(net, c_in, shape[0], shape[-1], width, depth, odd), shape)
+        stage.level = coords.stage_rank(s)
+        stages.append(stage)
     return nn.ModuleList(stages)
 
 

@@ -14,18 +14,23 @@ Each stage (:mod:`rgflow.diffusion.stages`) is integrated on the uniform grid
   + sqrt(1 - a^2) xi``, ``a = cos theta_i / cos theta_{i+1}``: ``N`` evaluations per stage, exact
   for ``F = 0``.
 
-``nfe`` is the number of evaluations per stage; a model with several stages (one per RG level)
-makes ``nfe * n_stages`` network calls whose cost is about ``nfe`` evaluations on the whole lattice
-(:func:`cost_of`).
+``nfe`` is the number of evaluations of the finest stage. A stage of RG level ``l`` takes ``2^l`` times
+as many steps (:func:`stage_steps`; at most :data:`MAX_STEPS`): a level has a quarter of the
+variables of the one below it, so its steps cost half as much in all, and the coarse levels -- the
+most non-Gaussian, the zero mode above all -- are integrated finely for almost nothing. The cost in
+evaluations of a network on the whole lattice is ``lattice_nfe`` (:func:`cost_of`), about
+``1.5 nfe`` for the ``rg`` schedule and ``nfe`` for the one-stage schedules.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["SAMPLER_KINDS", "steps_for_nfe", "tau_grid", "heun_step", "sample_stage", "generate", "sample_fields",
-           "cost_of"]
+__all__ = ["SAMPLER_KINDS", "MAX_STEPS", "steps_for_nfe", "stage_steps", "tau_grid", "heun_step", "sample_stage",
+           "generate", "sample_fields", "cost_of"]
 
 SAMPLER_KINDS = ("ode", "sde")
+#: The most steps any stage takes.
+MAX_STEPS = 1024
 
 
 def steps_for_nfe(nfe: int, kind: str = "ode") -> int:
@@ -35,6 +40,12 @@ def steps_for_nfe(nfe: int, kind: str = "ode") -> int:
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"--nfe must be a positive integer, got {nfe!r}")
     return (nfe + 1) // 2 if kind == "ode" else nfe
+
+
+def stage_steps(model, nfe: int, kind: str = "ode") -> list[int]:
+    """Steps per stage: ``steps_for_nfe(nfe) * 2^level`` (module docstring)."""
+    N = steps_for_nfe(nfe, kind)
+    return [min(MAX_STEPS, N * 2 ** getattr(stage, "level", 0)) for stage in model.stages]
 
 
 def tau_grid(N: int, like: torch.Tensor) -> torch.Tensor:
@@ -66,10 +77,9 @@ def _sde_step(stage, z, tau_i, tau_next, context, generator):
 
 
 @torch.no_grad()
-def sample_stage(stage, context, n: int, nfe: int, kind: str = "ode", generator: torch.Generator | None = None,
+def sample_stage(stage, context, n: int, N: int, kind: str = "ode", generator: torch.Generator | None = None,
                  like: torch.Tensor | None = None) -> torch.Tensor:
-    """``n`` samples of one stage's clean variables ``[n, *stage.shape]`` with ``nfe`` evaluations."""
-    N = steps_for_nfe(nfe, kind)
+    """``n`` samples of one stage's clean variables ``[n, *stage.shape]`` in ``N`` steps."""
     like = like if like is not None else next(iter(stage.buffers()), torch.zeros(()))
     z = torch.randn(n, *stage.shape, dtype=like.dtype, device=like.device, generator=generator)
     taus = tau_grid(N, z)
@@ -85,25 +95,25 @@ def sample_stage(stage, context, n: int, nfe: int, kind: str = "ode", generator:
 def generate(model, n: int, nfe: int, kind: str = "ode", generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` fields ``[n, C, L, L]`` of a :class:`~rgflow.diffusion.model.DiffusionModel`, stage by stage."""
     coords, state = model.coords, None
-    for s, stage in enumerate(model.stages):
-        z = sample_stage(stage, coords.context(s, state), n, nfe, kind, generator, like=model.reference)
+    for s, (stage, N) in enumerate(zip(model.stages, stage_steps(model, nfe, kind))):
+        z = sample_stage(stage, coords.context(s, state), n, N, kind, generator, like=model.reference)
         state = coords.absorb(s, state, z)
     return coords.finish(state, generator)[0]
 
 
 def cost_of(model, nfe: int, kind: str = "ode") -> dict:
-    """``{"nfe": per stage, "network_calls": all stages, "lattice_nfe": calls weighted by the stage's
-    share of the lattice's variables}`` for sampling with ``nfe`` evaluations per stage."""
-    N = steps_for_nfe(nfe, kind)
-    per_stage = 2 * N - 1 if kind == "ode" else N
-    share = sum(st.n_vars for st in model.stages) / model.n_field_vars
-    return {"nfe": per_stage, "network_calls": per_stage * len(model.stages), "lattice_nfe": per_stage * share}
+    """``{"nfe": the finest stage's evaluations, "nfe_per_stage", "network_calls": all stages,
+    "lattice_nfe": calls weighted by their stage's share of the lattice's variables}``."""
+    calls = [2 * N - 1 if kind == "ode" else N for N in stage_steps(model, nfe, kind)]
+    lattice = sum(c * st.n_vars for c, st in zip(calls, model.stages)) / model.n_field_vars
+    finest = calls[-1] if len(calls) else 0
+    return {"nfe": finest, "nfe_per_stage": calls, "network_calls": sum(calls), "lattice_nfe": lattice}
 
 
 @torch.no_grad()
 def sample_fields(model, n: int, nfe: int, kind: str = "ode", generator: torch.Generator | None = None,
                   batch_size: int = 1024) -> tuple[torch.Tensor, int]:
-    """``(x [n, C, L, L], nfe per stage)``, drawn in batches."""
+    """``(x [n, C, L, L], the finest stage's evaluations)``, drawn in batches."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"-n (number of samples) must be a positive integer, got {n!r}")
     xs = [generate(model, min(batch_size, n - i), nfe, kind, generator) for i in range(0, n, batch_size)]

@@ -34,12 +34,24 @@ from torch import nn
 
 from rgflow.diffusion.gaussian import hartley
 
-__all__ = ["SCHEDULES", "Stage", "AngleStage", "SpectralStage", "noise_scale"]
+__all__ = ["SCHEDULES", "Stage", "AngleStage", "SpectralStage", "noise_scale", "momentum_shells"]
 
 SCHEDULES = ("rg", "standard", "ve")
 VE_SIGMA = 25.0
 RHO = 7.0
 S_MAX_FACTOR = 80.0
+
+
+def momentum_shells(L: int) -> torch.Tensor:
+    """``[L, L]`` shell index of every Fourier mode: 0 for ``n = 0``, else ``1 + floor(log2 |n|)``
+    with ``|n| = max(|n_1|, |n_2|)`` (mode numbers wrapped to ``[-L/2, L/2]``), the Nyquist line
+    merged into the shell below it."""
+    n = torch.arange(L)
+    n = torch.minimum(n, L - n)
+    norm = torch.maximum(n[:, None], n[None, :])
+    top = max(1, int(math.floor(math.log2(max(L // 2, 1)))))
+    shell = 1 + torch.floor(torch.log2(norm.clamp_min(1).double())).long()
+    return torch.where(norm == 0, 0, shell.clamp_max(top))
 
 
 def noise_scale(schedule: str, tau: torch.Tensor, s_max: float) -> torch.Tensor:
@@ -57,6 +69,8 @@ class Stage(nn.Module):
     """
 
     shape: tuple[int, ...]
+    #: RG level above the finest generated one (0: finest); coarser stages take more steps.
+    level: int = 0
 
     def theta(self, tau: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -67,6 +81,10 @@ class Stage(nn.Module):
     @property
     def radius(self) -> int | None:
         return getattr(self.net, "radius", None)
+
+    def loss_weight(self, like: torch.Tensor) -> torch.Tensor | float:
+        """Per-variable weight of the squared error in training (mean 1)."""
+        return 1.0
 
     @property
     def n_vars(self) -> int:
@@ -101,6 +119,10 @@ class SpectralStage(Stage):
     ``F_k = g_k H(G)_k`` with ``g_k = c_out(Pbar) / c_out(P_k)``, ``c_out(p) = s sqrt(p / (p + s^2))``
     (EDM's output scale per mode, relative to the field-average one), so that a local ``G`` is a
     local correction of the denoiser in field space.
+
+    Every momentum shell (:func:`momentum_shells`: the zero mode, ``|n| = 1``, ``2 - 3``, ``4 - 7``, ...,
+    ``|n|`` the largest component of the mode number) weighs the same in the loss, as every level does
+    in the ``rg`` schedule: with one weight per mode the zero mode would carry ``1/L^2`` of it.
     """
 
     def __init__(self, net: nn.Module, P: torch.Tensor, schedule: str):
@@ -111,6 +133,13 @@ class SpectralStage(Stage):
         self.register_buffer("P", P.clone())
         self.register_buffer("Pbar", P.mean())
         self.s_max = S_MAX_FACTOR * float(P.max().sqrt())
+        shells = momentum_shells(P.shape[-1])
+        counts = torch.bincount(shells.flatten()).to(P.dtype)
+        weight = (1 / counts)[shells] / len(counts) * shells.numel()
+        self.register_buffer("shell_weight", weight.expand_as(P).clone(), persistent=False)
+
+    def loss_weight(self, like):
+        return self.shell_weight.to(like)
 
     def noise(self, tau: torch.Tensor) -> torch.Tensor:
         """``s(tau) [B]``."""

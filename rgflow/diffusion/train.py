@@ -56,7 +56,7 @@ class DiffusionConfig(LoopConfig):
     params: dict = field(default_factory=dict)
     L: int = 0
     coords: str = "field"
-    levels: int = 0
+    levels: int | None = None
     noise_schedule: str = "rg"
     net: str = "local"
     width: int = 32
@@ -85,6 +85,8 @@ class DiffusionConfig(LoopConfig):
         return super().from_dict(data, warn)
 
     def __post_init__(self):
+        if self.levels is None:
+            self.levels = 0 if self.coords == "field" else 1
         if self.target is None:
             self.target = "force" if self.coords == "field" else "dsm"
         self.validate()
@@ -114,8 +116,6 @@ class DiffusionConfig(LoopConfig):
             if self.levels:
                 raise ValueError("levels > 0 needs --coords RUN (a trained flow whose prior generates the finer levels)")
         else:
-            if self.levels < 1:
-                raise ValueError("--coords RUN needs --levels K: with K >= 1 (the flow's latents of levels >= K are diffused)")
             if self.noise_schedule != "rg" or self.target != "dsm":
                 raise ValueError("--coords RUN (the hybrid) supports --schedule rg and --target dsm only, got "
                                  f"schedule={self.noise_schedule!r}, target={self.target!r}")
@@ -237,7 +237,7 @@ class DenoisingLoss(nn.Module):
         if g is not None:
             w = 1 / (1 + rho * sin**2)
             target = w * sin * (u + g) + (1 - w) * target
-        return ((stage.velocity(z, tau, context) - target) ** 2).mean()
+        return (stage.loss_weight(u) * (stage.velocity(z, tau, context) - target) ** 2).mean()
 
     def forward(self, batch_size: int) -> torch.Tensor:
         zs, ctx, gs = self.encode(batch_size)

@@ -6,7 +6,7 @@ import torch
 
 from rgflow.diffusion import DiffusionModel, GaussianPyramid, SpectralWhitening, power_spectrum
 from rgflow.diffusion.gaussian import hartley
-from rgflow.diffusion.sampler import generate, heun_step, steps_for_nfe, tau_grid
+from rgflow.diffusion.sampler import generate, heun_step, stage_steps, tau_grid
 from rgflow.diffusion.stages import noise_scale
 from rgflow.layout import Layout
 from rgflow.physics import free_field_two_point
@@ -34,8 +34,7 @@ def _linear_map(model, nfe: int) -> torch.Tensor:
     D = sum(sizes)
     eye = torch.eye(D, dtype=torch.float64)
     coords, state, start = model.coords, None, 0
-    N = steps_for_nfe(nfe)
-    for s, (stage, n) in enumerate(zip(model.stages, sizes)):
+    for s, (stage, n, N) in enumerate(zip(model.stages, sizes, stage_steps(model, nfe))):
         z = eye[:, start:start + n].reshape(D, *stage.shape)
         taus = tau_grid(N, z)
         for i in range(N):

@@ -130,7 +130,9 @@ def test_cli_train_sample_eval_json_npz_resume_and_schedules(free_ensemble, tmp_
     capsys.readouterr()
     assert main(["diffuse", "sample", str(rg), "--nfe", "3", "-n", "8", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["network_calls"] == 3 * 4 and res["lattice_nfe"] == pytest.approx(3.0)
+    # the coarser a level, the more steps: 2, 4, 8, 16 Heun steps from the finest level to the top
+    assert res["nfe"] == 3 and res["nfe_per_stage"] == [31, 15, 7, 3] and res["network_calls"] == 56
+    assert res["lattice_nfe"] == pytest.approx((31 * 1 + 15 * 3 + 7 * 12 + 3 * 48) / 64)
 
 
 def test_sampling_is_deterministic_with_a_seed(free_ensemble, tmp_path):

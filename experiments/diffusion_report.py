@@ -1,0 +1,116 @@
+"""Gather the diffusion benchmark's cases into one JSON, draw its figures, print its tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import ROOT
+
+
+def gather(work: Path) -> dict:
+    """``{"data": {"crit-L32": ...}, "train": {"crit-L32-rg-local": ...}, "ladder": ..., "exact": ..., "imh": ...}``."""
+    out: dict = {}
+    for path in sorted((work / "cases").glob("*.json")):
+        stage, key = path.stem.split("-", 1)
+        out.setdefault(stage, {})[key] = json.loads(path.read_text())
+    for entry in out.get("data", {}).values():
+        entry.pop("machine", None)
+    return out
+
+
+def _fmt(v, e) -> str:
+    from rgflow.stats import format_value_error
+
+    return format_value_error(v, e) if e > 0 else f"{v:.4g}"
+
+
+def correctness_table(res: dict, nfe_pick: dict) -> str:
+    """One row per model: steps, the observables at the picked NFE against the reference, max|z|."""
+    names = ("abs_m", "chi", "binder", "e_link", "xi2")
+    lines = ["| point, L | model | steps (samples) | NFE (lattice) | " + " | ".join(names) + " | max\\|z\\| incl. G(r) |",
+             "|---" * (5 + len(names)) + "|"]
+    for key, lad in res.get("ladder", {}).items():
+        point_L = key.rsplit("-", 2)[0]
+        schedule, net = key.rsplit("-", 2)[1:]
+        ref = res["data"][point_L]["reference"]
+        train = res["train"][key]
+        want = nfe_pick.get(schedule, 16)
+        row = min(lad["ladder"], key=lambda r: abs(r["nfe"] - want))
+        lines.append(f"| {point_L} (ref.) | {res['data'][point_L]['reference_kind']} | | | "
+                     + " | ".join(_fmt(*ref[k]) for k in names) + " | |")
+        lines.append(f"| {point_L} | {schedule} / {net} | {train['steps']} ({train['samples_seen'] / 1e6:.2f} M) | "
+                     f"{row['nfe']} ({row['lattice_nfe']:.1f}) | "
+                     + " | ".join(f"{_fmt(*row['observables'][k])} ({row['z'][k]:+.1f}σ)" for k in names)
+                     + f" | {row['max_abs_z']:.2f} |")
+    return "\n".join(lines)
+
+
+def nfe_table(res: dict) -> str:
+    lines = ["| point, L | model | smallest lattice NFE with every observable within 2σ (from there on) | "
+             "converged (within 2σ of its top rung) | max\\|z\\| per rung (lattice NFE: max\\|z\\|) |", "|---|---|---|---|---|"]
+    for key, lad in res.get("ladder", {}).items():
+        point_L = key.rsplit("-", 2)[0]
+        schedule, net = key.rsplit("-", 2)[1:]
+        rungs = ", ".join(f"{r['lattice_nfe']:.3g}: {r['max_abs_z']:.1f}" for r in lad["ladder"])
+        lines.append(f"| {point_L} | {schedule} / {net} | {lad['smallest_nfe']} | {lad['converged_nfe']} | {rungs} |")
+    return "\n".join(lines)
+
+
+def exact_table(res: dict) -> str:
+    lines = ["| point, L | NFE (lattice) | s per exact sample | ESS / N (N) | ln Z (k̂) | F_var | IMH acc. |",
+             "|---|---|---|---|---|---|---|"]
+    for key, ev in res.get("exact", {}).items():
+        lines.append(f"| {key} | {ev['nfe']} ({ev['lattice_nfe']:.1f}) | {ev['seconds_per_sample']:.3g} | "
+                     f"{ev['ess']:.3g} ({ev['n_samples']}) | {_fmt(ev['lnZ'], ev['lnZ_err'])} ({ev['pareto_k']:.2f}) | "
+                     f"{_fmt(ev['f_variational'], ev['f_variational_err'])} | {ev['imh_acceptance']:.3f} |")
+    return "\n".join(lines)
+
+
+def imh_table(res: dict) -> str:
+    lines = ["| point, L | sampler | acceptance | τ_int(\\|m\\|) | τ_int(m) | s per indep. \\|m\\| | ⟨\\|m\\|⟩ | U₄ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, rec in res.get("imh", {}).items():
+        for name in ("hmc", "imh"):
+            mc = rec[name]
+            lines.append(f"| {key} | {name} | {mc['acceptance']:.3f} | {_fmt(*mc['tau_int']['abs_m'])} | "
+                         f"{_fmt(*mc['tau_int']['m'])} | {mc['cost_per_independent_sample']['abs_m']['seconds']:.3g} | "
+                         f"{_fmt(*mc['observables']['abs_m'])} | {_fmt(*mc['observables']['binder'])} |")
+    return "\n".join(lines)
+
+
+def plot_ladders(res: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    keys = list(res.get("ladder", {}))
+    groups = sorted({k.rsplit("-", 2)[0] for k in keys}, key=lambda g: (int(g.split("-L")[1]), g))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.8), sharey=True, squeeze=False)
+    styles = {"rg": "-o", "standard": "--s", "ve": ":^"}
+    for ax, group in zip(axes[0], groups):
+        for key in keys:
+            if key.rsplit("-", 2)[0] != group:
+                continue
+            schedule, net = key.rsplit("-", 2)[1:]
+            rows = res["ladder"][key]["ladder"]
+            ax.plot([r["lattice_nfe"] for r in rows], [max(r["max_abs_z"], 0.1) for r in rows], styles[schedule],
+                    label=f"{schedule} / {net}")
+        ax.axhline(2, color="k", lw=0.8, ls=":")
+        ax.set(xscale="log", yscale="log", title=group, xlabel="NFE (network evaluations on the whole lattice)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("max |deviation| over ⟨|m|⟩, χ, U₄, e_link, ξ₂, G(r) [σ]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(work: Path, out: Path) -> dict:
+    res = gather(work)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    plot_ladders(res, ROOT.parent / "figures" / "benchmark_diffusion.png")
+    print(correctness_table(res, {"rg": 4, "standard": 64, "ve": 64}))
+    print()
+    print(nfe_table(res))
+    print()
+    print(exact_table(res))
+    print()
+    print(imh_table(res))
+    return res
