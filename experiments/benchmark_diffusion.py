@@ -4,9 +4,9 @@ Every case is a step of its own, resumable, one torch thread, its result a JSON 
 ``--work/cases`` (so two processes pinned to the two cores can run different cases); ``--report``
 gathers them into ``experiments/results/diffusion.json``, draws the figures and prints the tables.
 
-* ``data POINT L`` -- an HMC training ensemble (``rgflow mcmc``: 64 chains, every ``keep``-th
-  trajectory after 500 of warm-up) and an independent reference (HMC chains, Gamma-method errors;
-  for the free field the exact values).
+* ``data POINT L`` -- an HMC training ensemble (the sampler of ``rgflow mcmc``: 64 chains, every
+  ``keep``-th trajectory after 500 of warm-up; cold starts in the broken phase) and an independent
+  reference (HMC chains, Gamma-method errors; for the free field the exact values).
 * ``train POINT L SCHEDULE NET`` -- ``rgflow diffuse train`` on the ensemble for ``--minutes``.
 * ``ladder POINT L SCHEDULE NET`` -- 4096 samples at each NFE of a ladder with the EMA weights
   (what ``rgflow diffuse sample`` uses): the deviation of <|m|>, chi, U_4, e_link, xi_2 and G(r),
@@ -77,33 +77,54 @@ def free_reference(m2: float, L: int) -> dict:
     return ref
 
 
+def _hmc(action, L: int, n: int, chains: int, seed: int, keep_every: int, cold: bool):
+    """HMC chains (``rgflow mcmc --sampler hmc``'s sampler, 500 warm-up trajectories tuning the step size),
+    from a hot start or, in the broken phase, a cold one: half the chains at ``+phi_0``, half at
+    ``-phi_0``, the minimum of the uniform field's potential (from a hot start the chains freeze into
+    domain walls that do not decay in any affordable run)."""
+    from rgflow.mcmc.hmc import hmc, run_hmc
+
+    if not cold:
+        return hmc(action, L, n=n, chains=chains, seed=seed, warmup=500, keep_every=keep_every)
+    kappa, lam = action.params["kappa"], action.params["lam"]
+    phi0 = math.sqrt((4 * kappa - 1 + 2 * lam) / (2 * lam))
+    gen = torch.Generator().manual_seed(seed)
+    sign = torch.where(torch.arange(chains) % 2 == 0, 1.0, -1.0).to(torch.float64)
+    q0 = phi0 * sign[:, None, None, None] * torch.ones(chains, 1, L, L, dtype=torch.float64)
+    return run_hmc(action.evaluate, q0, n, measure=lambda q: action.measurement_field(q, gen), generator=gen,
+                   warmup=500, keep_every=keep_every)
+
+
 def stage_data(point: str, L: int, work: Path, seed: int) -> dict:
-    action, params = POINTS[point]
-    (chains, n, keep), (ref_chains, ref_n) = HMC[L]
-    ens = work / f"{point}-L{L}.npz"
-    physics = ["--action", action, *_flags(params), "--L", L]
-    t0 = time.perf_counter()
-    train = rgflow_cli(["mcmc", "--sampler", "hmc", *physics, "--n", n, "--chains", chains, "--warmup", 500,
-                        "--save-every", keep, "--seed", seed, "--out", ens, "--json"])
-    out = {"ensemble": str(ens), "n_train": chains * (n // keep), "train_hmc": {k: train[k] for k in
-           ("observables", "tau_int", "n_discarded", "acceptance")}, "train_seconds": time.perf_counter() - t0}
-    if action == "free":
-        out["reference"], out["reference_kind"] = free_reference(params["m2"], L), "exact"
-        return out
-    from rgflow.mcmc import hmc
+    from rgflow.ensemble import save_chain
+    from rgflow.mcmc.run import summarize
     from rgflow.physics.models import make_action
     from rgflow.physics.observables import chain_observables
     from rgflow.stats import gamma_method
 
+    name, params = POINTS[point]
+    action, cold = make_action(name, **params), point == "broken"
+    (chains, n, keep), (ref_chains, ref_n) = HMC[L]
+    ens = work / f"{point}-L{L}.npz"
     t0 = time.perf_counter()
-    res = hmc(make_action(action, **params), L, n=ref_n, chains=ref_chains, seed=seed + 1000, warmup=500, keep_every=5)
+    train = _hmc(action, L, n, chains, seed, keep, cold)
+    save_chain(train, ens, action, L)
+    summary = summarize(train, action, L)
+    out = {"ensemble": str(ens), "n_train": chains * (n // keep), "cold_start": cold,
+           "train_hmc": {k: summary[k] for k in ("observables", "tau_int", "n_discarded", "acceptance", "reliable")},
+           "train_seconds": time.perf_counter() - t0}
+    if name == "free":
+        out["reference"], out["reference_kind"] = free_reference(params["m2"], L), "exact"
+        return out
+    t0 = time.perf_counter()
+    res = _hmc(action, L, ref_n, ref_chains, seed + 1000, 5, cold)
     obs = chain_observables(res.series, L)
     G = _G_rows(res.configs.reshape(-1, 1, L, L)).reshape(ref_chains, -1, L // 2)[:, obs.n_discarded // 5 + 1:]
     ref = {k: v.to_list() for k, v in obs.observables.items() if k in COMPARED}
     ref.update({f"G{r}": [(g := gamma_method(G[:, :, r - 1])).value, g.error] for r in range(1, L // 2 + 1)})
     out.update(reference=ref, reference_kind="hmc", reference_n=ref_chains * ref_n,
                reference_tau={k: v.to_list() for k, v in obs.tau_int.items()}, reference_reliable=obs.reliable,
-               reference_seconds=time.perf_counter() - t0)
+               reference_thermalized=obs.thermalized, reference_seconds=time.perf_counter() - t0)
     return out
 
 
