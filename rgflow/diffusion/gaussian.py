@@ -74,11 +74,12 @@ class SpectralWhitening(nn.Module):
     stage of shape ``[C, L, L]`` in the coordinates interface of :class:`GaussianPyramid`."""
 
     n_stages = 1
+    layout = None
 
     def __init__(self, P: torch.Tensor):
         super().__init__()
         self.register_buffer("P", P.clone())
-        self.channels = P.shape[0]
+        self.channels, self.L = P.shape[0], P.shape[-1]
 
     @property
     def logdet(self) -> torch.Tensor:
@@ -168,7 +169,7 @@ class GaussianPyramid(nn.Module):
             raise ValueError(f"the Gaussian pyramid needs a MERA layout with block size 2, got {layout!r}")
         self.layout, self.n_levels = layout, layout.n_levels
         C, L = P.shape[0], P.shape[-1]
-        self.channels = C
+        self.channels, self.L = C, L
         G = torch.fft.ifft2(P.double()).real  # [C, L, L], the level-0 covariance
         logdet = torch.zeros((), dtype=torch.float64)
         rms = []

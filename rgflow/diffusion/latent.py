@@ -29,7 +29,7 @@ class LatentPyramid(nn.Module):
         top = layout.n_levels
         if isinstance(levels, bool) or not isinstance(levels, int) or not 0 <= levels <= top:
             raise ValueError(f"levels={levels!r} is not allowed: the first diffused level, 0 ... {top} (the top)")
-        self.flow, self.layout, self.levels, self.channels = flow, layout, levels, flow.channels
+        self.flow, self.layout, self.levels, self.channels, self.L = flow, layout, levels, flow.channels, layout.L
         for p in self.flow.parameters():
             p.requires_grad_(False)
         order = list(range(top, levels - 1, -1))  # generation order: top first

@@ -5,16 +5,16 @@ r"""A diffusion model: whitened coordinates, one network stage per generation st
 :class:`~rgflow.diffusion.gaussian.SpectralWhitening` for ``standard`` and ``ve``, or the
 flow-latent :class:`~rgflow.diffusion.latent.LatentPyramid` of the hybrid) and ``stages`` are the
 :mod:`~rgflow.diffusion.stages`, one per generation step, coarse to fine. It is a density of the
-rgflow model families: :meth:`sample` ``(n) -> (x, ln q)`` and :meth:`log_prob`, both exact for the
-deterministic sampler with ``nfe`` evaluations per stage (:mod:`rgflow.diffusion.exact`).
+rgflow model families (a :class:`~rgflow.density.Density`): :meth:`sample` ``(n) -> (x, ln q)`` and
+:meth:`log_prob`, both exact for the deterministic sampler with ``nfe`` evaluations of the finest
+stage (:mod:`rgflow.diffusion.exact`).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
+from rgflow.density import Density
 from rgflow.diffusion.gaussian import GaussianPyramid, SpectralWhitening
 from rgflow.diffusion.nets import MLPNet, Odd, make_net
 from rgflow.diffusion.stages import SCHEDULES, AngleStage, SpectralStage
@@ -46,12 +46,18 @@ def build_stages(coords, schedule: str, net: str, width: int, depth: int, odd: b
     return nn.ModuleList(stages)
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(Density):
     """``coords`` + ``stages`` (module docstring); ``nfe``: evaluations per stage of the exact density."""
 
     def __init__(self, coords, stages: nn.ModuleList, nfe: int = 16):
         super().__init__()
         self.coords, self.stages, self.nfe = coords, stages, nfe
+        self.channels, self.L = coords.channels, coords.L
+
+    @property
+    def layout(self):
+        """The RG hierarchy of the pyramid (``rg``) or of the hybrid's flow; None for Hartley modes."""
+        return self.coords.layout
 
     @classmethod
     def build(cls, P: torch.Tensor, layout, schedule: str = "rg", net: str = "local", width: int = 32,
@@ -68,8 +74,7 @@ class DiffusionModel(nn.Module):
     @property
     def n_field_vars(self) -> int:
         """``C L^2``: the variables of one lattice field."""
-        return self.coords.channels * self.coords.layout.L**2 if hasattr(self.coords, "layout") \
-            else math.prod(self.coords.P.shape)
+        return self.channels * self.L**2
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, C, L, L], ln q(x) [n])`` from the deterministic sampler with ``self.nfe`` evaluations."""

@@ -146,7 +146,7 @@ def build_model(cfg: DiffusionConfig, P: torch.Tensor | None, channels: int, dev
     from rgflow.train import load_run
 
     flow_cfg, flow, _ = load_run(cfg.coords, device=device)
-    if flow_cfg.L != cfg.L or flow.channels != channels or not hasattr(flow, "layout"):
+    if flow_cfg.L != cfg.L or flow.channels != channels or flow.layout is None:
         raise ValueError(f"--coords {cfg.coords}: a hierarchical flow run for L={cfg.L} with {channels} channel(s) is "
                          f"needed, got flow={flow_cfg.flow!r}, L={flow_cfg.L}, channels={flow.channels}")
     coords = LatentPyramid(flow, cfg.levels)

@@ -15,6 +15,7 @@ from nflows.transforms.base import Transform
 from torch import nn
 
 from rgflow.defaults import FLOW_DEFAULTS, deprecated
+from rgflow.density import Density
 from rgflow.flows.base import BlockSublayer
 from rgflow.flows.couplings import make_block
 from rgflow.flows.priors import Prior
@@ -47,8 +48,9 @@ def parse_levels(spec: str, n_levels: int) -> list[int]:
     return levels
 
 
-class FieldFlow(Transform):
-    """A normalising flow on ``[B, C, L, L]`` fields: a sequence of field bijections and a prior.
+class FieldFlow(Density, Transform):
+    """A normalising flow on ``[B, C, L, L]`` fields: a sequence of field bijections and a prior
+    (a :class:`~rgflow.density.Density`; ``layout`` is None for the flat flow).
 
     Args:
         layers: field transforms ``[B, C, L, L] -> ([B, C, L, L], [B])``, applied in order
@@ -123,7 +125,11 @@ class RGFlow(FieldFlow):
             elif level_layers[s.level] not in layers:
                 layers.append(level_layers[s.level])
         super().__init__(layers, prior)
-        self.layout = layout
+        self._layout = layout
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
 
 
 def build_flow(

@@ -21,7 +21,7 @@ import math
 from typing import Callable
 
 import torch
-from torch import nn
+from rgflow.density import Density
 
 __all__ = ["SymmetrizedFlow", "SYMMETRY_GROUPS", "group_elements", "check_invariance"]
 
@@ -72,10 +72,10 @@ def check_invariance(action, group: str, L: int, channels: int, scale: float = 1
                              f"of the group; allowed only for symmetries of the action")
 
 
-class SymmetrizedFlow(nn.Module):
+class SymmetrizedFlow(Density):
     r"""``q_G(x) = |G|^{-1} sum_g q(g x)`` for a :class:`~rgflow.flows.rgflow.FieldFlow` ``q`` and a group ``G``.
 
-    The density interface of every model family: :meth:`sample` ``(n) -> (x, ln q_G(x))`` and
+    A :class:`~rgflow.density.Density`: :meth:`sample` ``(n) -> (x, ln q_G(x))`` and
     :meth:`log_prob` ``(x) -> ln q_G(x)``, both exact (``|G|`` flow evaluations per field).
     ``prior``, ``layout``, ``forward``/``inverse``/``apply`` are the underlying flow's (the latent
     samplers and probes use the bijection itself).

@@ -122,7 +122,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
     if n < 8 or chains < 1:
         raise ValueError(f"--n must be >= 8 and --chains >= 1, got n={n}, chains={chains}")
     cfg, flow, _ = load_run(run)
-    if not hasattr(flow, "layout") or flow.layout.kind != "mera":
+    if flow.layout is None or flow.layout.kind != "mera":
         raise ValueError(f"{run}: probes need a hierarchical MERA flow (a bulk with levels), got flow={cfg.flow!r}")
     action, layout = cfg.make_action(), flow.layout
     x, summary = samples if samples is not None else target_samples(flow, action, sampler, n, chains, seed, warmup)

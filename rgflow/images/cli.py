@@ -122,7 +122,7 @@ def _demo(args) -> tuple[dict, Path]:
     from rgflow.images.runs import open_run
 
     run = open_run(args.run, seed=args.seed)
-    model, layout = run.model, getattr(run.model, "layout", None)
+    model, layout = run.model, run.model.layout
     if layout is None or layout.kind != "mera":
         raise ValueError(f"{args.run} is a flat-flow run: the demos need the hierarchical (mera) flow")
     gen = torch.Generator(device=run.held_out.device).manual_seed(args.seed)

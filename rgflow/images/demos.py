@@ -25,7 +25,7 @@ __all__ = ["mix", "sample_with_temperatures", "receptive_fields", "ReceptiveFiel
 
 
 def _layout(model):
-    layout = getattr(model, "layout", None)
+    layout = model.layout
     if layout is None or layout.kind != "mera":
         raise ValueError("this demo needs a hierarchical run (flow 'mera'): the flat baseline has no RG levels")
     return layout

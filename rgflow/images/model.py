@@ -17,6 +17,7 @@ import math
 import torch
 from nflows.transforms.base import Transform
 
+from rgflow.density import Density
 from rgflow.flows.rgflow import FieldFlow
 
 __all__ = ["ImageFlow", "logit_transform", "dequantize", "bits_per_dim"]
@@ -38,12 +39,12 @@ def _sigmoid_transform(y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, tor
     return u, logdet.flatten(1).sum(1)
 
 
-class ImageFlow(Transform):
+class ImageFlow(Density, Transform):
     """A flow on dequantised images ``u [B, C, L, L]`` in ``(0, 1)``: logit, then ``flow``.
 
     Follows the rgflow bijection contract (``forward``: data ``u`` -> latent ``z`` with
-    ``ln|det dz/du|``; ``inverse``: latent -> data) and the density interface (``log_prob``,
-    ``sample(n) -> (u, ln q)``). ``layout`` and ``prior`` are the wrapped flow's.
+    ``ln|det dz/du|``; ``inverse``: latent -> data) and is a :class:`~rgflow.density.Density`
+    (``log_prob``, ``sample(n) -> (u, ln q)``). ``layout`` and ``prior`` are the wrapped flow's.
 
     Args:
         flow: the flow in logit space (an :class:`~rgflow.flows.rgflow.RGFlow` or the flat baseline).
@@ -55,6 +56,7 @@ class ImageFlow(Transform):
         if not 0 < alpha < 0.5:
             raise ValueError(f"alpha={alpha!r} is not allowed: the logit margin must lie in (0, 0.5)")
         self.flow, self.alpha = flow, alpha
+        self.channels, self.L = flow.channels, flow.L
 
     @property
     def prior(self):
@@ -62,7 +64,7 @@ class ImageFlow(Transform):
 
     @property
     def layout(self):
-        return getattr(self.flow, "layout", None)
+        return self.flow.layout
 
     def forward(self, inputs: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         y, ld_logit = logit_transform(inputs, self.alpha)
