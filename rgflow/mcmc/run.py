@@ -22,9 +22,9 @@ import torch  # noqa: E402
 
 from rgflow.flows.base import device_of  # noqa: E402
 from rgflow.mcmc.base import ChainResult  # noqa: E402
-from rgflow.mcmc.hmc import hmc, latent_hmc  # noqa: E402
+from rgflow.mcmc.hmc import hmc  # noqa: E402
 from rgflow.mcmc.imh import independence_metropolis  # noqa: E402
-from rgflow.mcmc.latent import latent_local  # noqa: E402
+from rgflow.mcmc.latent import latent_hmc, latent_local  # noqa: E402
 from rgflow.mcmc.local import local_metropolis  # noqa: E402
 from rgflow.physics.observables import chain_observables, derived_observables, primaries  # noqa: E402
 from rgflow.physics.models import ACTION_PARAMS  # noqa: E402
