@@ -5,8 +5,8 @@ prior does not enter)
 
     ``S_eff(z) = S(G(z)) - ln|det dG/dz|``,    ``z, G(z): [chains, C, L, L]``, ``S_eff: [chains]``,
 
-whose pull-back of ``exp(-S_eff)`` through ``G`` is ``exp(-S)`` on the boundary; measurements
-are taken on ``G(z)``. A local move in the bulk is a global move on the boundary.
+so that ``z ~ exp(-S_eff)`` gives ``G(z) ~ exp(-S)`` on the boundary; measurements are taken
+on ``G(z)``. A local move in the bulk is a global move on the boundary.
 
 * :func:`latent_hmc` -- :class:`~rgflow.mcmc.hmc.HMCKernel` on ``S_eff``;
 * :func:`latent_local` -- :class:`LevelKernel`: one step is a sweep over the levels of the
