@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rgflow.physics.observables import primaries
-
 __all__ = ["ChainResult", "SeriesRecorder"]
 
 
@@ -15,9 +13,10 @@ class SeriesRecorder:
     """Collects the primaries of each recorded state of ``chains`` chains, and every
     ``keep_every``-th configuration (0: none).
 
-    ``record(measured, field)``: primaries of ``measured`` (e.g. Ising spins drawn from the
-    field); the kept configuration is ``field`` (default ``measured``). ``stacked()`` ->
-    ``{name: [chains, n]}``, ``kept()`` -> ``[chains, n_kept, C, L, L]`` float32 or None.
+    ``record(values, field)``: the primaries ``{name: [chains]}`` of the state (of the field or of
+    Ising spins drawn from it); the kept configuration is ``field [chains, C, L, L]`` (may be None
+    when nothing is kept). ``stacked()`` -> ``{name: [chains, n]}``, ``kept()`` ->
+    ``[chains, n_kept, C, L, L]`` float32 or None.
     """
 
     def __init__(self, keep_every: int = 0):
@@ -28,12 +27,11 @@ class SeriesRecorder:
         self._kept: list[torch.Tensor] = []
         self._count = 0
 
-    def record(self, measured: torch.Tensor, field: torch.Tensor | None = None) -> None:
-        with torch.no_grad():
-            for key, value in primaries(measured).items():
-                self._series.setdefault(key, []).append(value)
-            if self.keep_every and self._count % self.keep_every == 0:
-                self._kept.append((measured if field is None else field).detach().to("cpu", torch.float32))
+    def record(self, values: dict[str, np.ndarray], field: torch.Tensor | None) -> None:
+        for key, value in values.items():
+            self._series.setdefault(key, []).append(value)
+        if self.keep_every and self._count % self.keep_every == 0:
+            self._kept.append(field.detach().to("cpu", torch.float32))
         self._count += 1
 
     def stacked(self) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
 r"""Hybrid Monte Carlo over any potential, vectorised over independent chains.
 
-Leapfrog integration of ``H = p^2/2 + U(q)`` with ``n_leapfrog`` steps of size ``eps``; ``eps``
-is tuned during warm-up only (towards ``target_acceptance``) and then frozen, so the recorded
+One step (:class:`HMCKernel`, run by :func:`~rgflow.mcmc.chain.run_chain`): momenta
+``p ~ N(0, 1)`` shaped like ``q``, ``n_leapfrog`` leapfrog steps of size ``eps`` on
+``H = p^2/2 + U(q)``, accepted with ``min(1, exp(H0 - H1))``. ``eps`` is tuned during warm-up
+only (towards ``target_acceptance``, by factors ``1 +- 0.02``) and then frozen, so the recorded
 chain is an exact Markov chain for ``exp(-U)``.
 
 A *divergent* trajectory -- a non-finite position, potential or gradient on the way, or an
@@ -11,22 +13,20 @@ potential is never evaluated on non-finite input. Potentials are called on the h
 without input validation (``Action.evaluate``), so a NaN gives a NaN energy, not an exception.
 
 * :func:`hmc` -- physical space, ``U = S(phi)``;
-* :func:`latent_hmc` -- in the bulk of a trained flow ``G`` (latent -> field), with the exact
-  effective action ``U(z) = S(G(z)) - ln|det dG/dz|``; a local move in the bulk is a global
-  move on the boundary. Measurements are taken on ``G(z)``.
+* :func:`run_hmc` -- any potential ``U(q)``, e.g. :func:`~rgflow.mcmc.latent.latent_hmc`'s
+  effective action in the bulk of a flow.
 """
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from rgflow.mcmc.base import ChainResult, SeriesRecorder
+from rgflow.mcmc.base import ChainResult
+from rgflow.mcmc.chain import State, Step, adapted, observe_field, run_chain
 
-__all__ = ["hmc", "latent_hmc", "run_hmc", "DIVERGENCE_DH"]
+__all__ = ["HMCKernel", "hmc", "run_hmc", "DIVERGENCE_DH"]
 
 #: An energy error above this many units marks a trajectory as divergent (as in Stan).
 DIVERGENCE_DH = 1000.0
@@ -50,6 +50,56 @@ def _value_and_grad(potential, q, safe_q):
     return U, torch.where(bad.reshape(view), torch.zeros_like(g), g), bad, x.detach()
 
 
+class HMCKernel:
+    """Leapfrog HMC on ``potential(q) -> U [chains]`` or ``(U, x)`` (``x``: the field at ``q``).
+
+    ``start(q0 [chains, ...])`` evaluates the initial :class:`~rgflow.mcmc.chain.State` (``U``,
+    ``g = dU/dq``, ``x``); ``step`` costs ``n_leapfrog`` gradients per chain and reports the
+    divergent trajectories it rejected.
+    """
+
+    def __init__(self, potential: Callable, n_leapfrog: int, step_size: float, target_acceptance: float,
+                 generator: torch.Generator | None):
+        if n_leapfrog < 1 or not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"--leapfrog must be >= 1 and --step-size > 0, got {n_leapfrog} and {step_size}")
+        self.potential, self.n_leapfrog, self.step_size = potential, n_leapfrog, step_size
+        self.target_acceptance, self.generator = target_acceptance, generator
+
+    def start(self, q0: torch.Tensor) -> State:
+        q = q0.detach()
+        U, g, bad, x = _value_and_grad(self.potential, q, q)
+        if bool(bad.any()):
+            raise ValueError(f"the potential is not finite at the initial state of {int(bad.sum())} chain(s)")
+        return State(q, x, U, g)
+
+    def step(self, state: State, tune: bool = False) -> tuple[State, Step]:
+        q, U, g, eps = state.q, state.U, state.g, self.step_size
+        chains = q.shape[0]
+        view = (chains,) + (1,) * (q.dim() - 1)
+        p = torch.randn(q.shape, dtype=q.dtype, device=q.device, generator=self.generator)
+        H0 = 0.5 * (p**2).flatten(1).sum(1) + U
+        qn, pn = q, p - 0.5 * eps * g
+        diverged = torch.zeros(chains, dtype=torch.bool, device=q.device)
+        for k in range(self.n_leapfrog):
+            qn = torch.where(diverged.reshape(view), q, qn + eps * pn)  # a diverged chain stops moving
+            Un, gn, bad, xn = _value_and_grad(self.potential, qn, q)
+            diverged = diverged | bad
+            pn = pn - (eps if k < self.n_leapfrog - 1 else 0.5 * eps) * gn
+        H1 = 0.5 * (pn**2).flatten(1).sum(1) + Un
+        diverged = diverged | ~torch.isfinite(H1) | (H1 - H0 > DIVERGENCE_DH)
+        u = torch.rand(chains, dtype=q.dtype, device=q.device, generator=self.generator)
+        acc = ~diverged & (u < torch.exp(H0 - H1))
+        x = state.x
+        state = State(torch.where(acc.reshape(view), qn, q),
+                      torch.where(acc.reshape((chains,) + (1,) * (x.dim() - 1)), xn, x),
+                      torch.where(acc, Un, U), torch.where(acc.reshape(view), gn, g))
+        rate = float(acc.double().mean())
+        if tune:
+            self.step_size = adapted(eps, rate, self.target_acceptance, 0.02)
+        return state, Step(rate, grad_evals=self.n_leapfrog, action_evals=self.n_leapfrog,
+                           divergences=int(diverged.sum()))
+
+
 def run_hmc(
     potential: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     q0: torch.Tensor,
@@ -70,48 +120,9 @@ def run_hmc(
     every ``keep_every``-th ``x``: ``x = q``, or the field a potential returning ``(U, x)`` computed
     on the way (latent HMC: ``G(z)``, so measuring costs no extra pass through the flow).
     """
-    if n < 1:
-        raise ValueError(f"n (number of recorded steps) must be positive, got {n}")
-    if n_leapfrog < 1 or not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"--leapfrog must be >= 1 and --step-size > 0, got {n_leapfrog} and {step_size}")
-    q = q0.detach()
-    chains = q.shape[0]
-    view = (chains,) + (1,) * (q.dim() - 1)
-    U, g, bad, x = _value_and_grad(potential, q, q)
-    if bool(bad.any()):
-        raise ValueError(f"the potential is not finite at the initial state of {int(bad.sum())} chain(s)")
-    eps, accepted, grad_evals, divergences = step_size, 0.0, 0, 0
-    recorder = SeriesRecorder(keep_every)
-    for it in tqdm(range(warmup + n), disable=not progress, desc=sampler, leave=False):
-        if it == warmup:  # costs count the recorded chain only; warm-up is a one-time price
-            t0, grad_evals = time.perf_counter(), 0
-        p = torch.randn(q.shape, dtype=q.dtype, device=q.device, generator=generator)
-        H0 = 0.5 * (p**2).flatten(1).sum(1) + U
-        qn, pn = q, p - 0.5 * eps * g
-        diverged = torch.zeros(chains, dtype=torch.bool, device=q.device)
-        for k in range(n_leapfrog):
-            qn = torch.where(diverged.reshape(view), q, qn + eps * pn)  # a diverged chain stops moving
-            Un, gn, bad, xn = _value_and_grad(potential, qn, q)
-            diverged = diverged | bad
-            pn = pn - (eps if k < n_leapfrog - 1 else 0.5 * eps) * gn
-        grad_evals += n_leapfrog
-        H1 = 0.5 * (pn**2).flatten(1).sum(1) + Un
-        diverged = diverged | ~torch.isfinite(H1) | (H1 - H0 > DIVERGENCE_DH)
-        u = torch.rand(chains, dtype=q.dtype, device=q.device, generator=generator)
-        acc = ~diverged & (u < torch.exp(H0 - H1))
-        q = torch.where(acc.reshape(view), qn, q)
-        U = torch.where(acc, Un, U)
-        g = torch.where(acc.reshape(view), gn, g)
-        x = torch.where(acc.reshape((chains,) + (1,) * (x.dim() - 1)), xn, x)
-        rate = float(acc.double().mean())
-        if it < warmup:
-            eps *= 1.02 if rate > target_acceptance else 0.98
-            continue
-        divergences += int(diverged.sum())
-        accepted += rate
-        recorder.record(measure(x), x)
-    return recorder.result(sampler, accepted / n, time.perf_counter() - t0, grad_evals=grad_evals,
-                           action_evals=grad_evals, step_size=eps, divergences=divergences)
+    kernel = HMCKernel(potential, n_leapfrog, step_size, target_acceptance, generator)
+    return run_chain(kernel, kernel.start(q0), n, observe_field(measure), sampler=sampler, warmup=warmup,
+                     keep_every=keep_every, progress=progress)
 
 
 def hmc(action, L: int, n: int, chains: int = 16, seed: int = 0, dtype=torch.float64, device: str = "cpu",
@@ -121,26 +132,3 @@ def hmc(action, L: int, n: int, chains: int = 16, seed: int = 0, dtype=torch.flo
     q0 = 0.1 * torch.randn(chains, action.channels, L, L, dtype=dtype, device=device, generator=gen)
     return run_hmc(action.evaluate, q0, n, measure=lambda q: action.measurement_field(q, gen), generator=gen,
                    sampler="hmc", **kwargs)
-
-
-def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) -> ChainResult:
-    """HMC on the bulk effective action ``S(G(z)) - ln|det dG/dz|`` of a trained flow (exact target)."""
-    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
-
-    def potential(z):
-        x, logdet = flow.inverse(z)
-        return action.evaluate(x) - logdet, x
-
-    with torch.no_grad():
-        z0 = flow.prior.sample(chains, generator=gen)
-    params = list(flow.parameters())
-    was_trainable = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        res = run_hmc(potential, z0, n, measure=lambda x: action.measurement_field(x, gen),
-                      generator=gen, sampler="latent-hmc", **kwargs)
-    finally:
-        for p, flag in zip(params, was_trainable):  # restore each parameter's own state
-            p.requires_grad_(flag)
-    return res

@@ -10,7 +10,6 @@ chains (:func:`rgflow.physics.observables.chain_observables`): every observable 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import matplotlib
@@ -18,15 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from rgflow.flows.base import device_of  # noqa: E402
 from rgflow.mcmc.base import ChainResult  # noqa: E402
-from rgflow.mcmc.hmc import hmc, latent_hmc  # noqa: E402
-from rgflow.mcmc.imh import independence_metropolis  # noqa: E402
-from rgflow.mcmc.latent import latent_local  # noqa: E402
+from rgflow.mcmc.hmc import hmc  # noqa: E402
+from rgflow.mcmc.imh import flow_imh  # noqa: E402
+from rgflow.mcmc.latent import latent_hmc, latent_local  # noqa: E402
 from rgflow.mcmc.local import local_metropolis  # noqa: E402
-from rgflow.physics.observables import chain_observables, derived_observables, primaries  # noqa: E402
+from rgflow.physics.observables import chain_observables, derived_observables  # noqa: E402
 from rgflow.physics.models import ACTION_PARAMS  # noqa: E402
 from rgflow.stats import gamma_method  # noqa: E402
 
@@ -34,40 +31,6 @@ __all__ = ["SAMPLERS", "FLOW_SAMPLERS", "run_sampler", "flow_imh", "summarize", 
 
 SAMPLERS = ("local", "hmc", "imh", "latent-hmc", "latent-local")
 FLOW_SAMPLERS = ("imh", "latent-hmc", "latent-local")
-
-
-@torch.no_grad()
-def flow_imh(flow, action, n: int, chains: int = 16, seed: int = 0, batch_size: int = 4096,
-             keep_every: int = 0) -> ChainResult:
-    """Independence Metropolis with the flow's proposals, ``chains`` chains of ``n`` steps.
-
-    With ``keep_every > 0`` all proposals are held (float32) until the accept/reject pass has
-    chosen which ones every ``keep_every``-th chain state is.
-    """
-    gen = torch.Generator(device=device_of(flow)).manual_seed(seed)
-    t0 = time.perf_counter()
-    prims, log_w, proposals = [], [], []
-    for start in range(0, n * chains, batch_size):
-        x, log_q = flow.sample(min(batch_size, n * chains - start), generator=gen)
-        log_w.append((-action(x) - log_q).double().cpu())
-        prims.append(primaries(action.measurement_field(x, gen)))
-        if keep_every:
-            proposals.append(x.to("cpu", torch.float32))
-    log_w = torch.cat(log_w).numpy().reshape(chains, n)
-    prim = {k: np.concatenate([p[k] for p in prims]).reshape(chains, n) for k in prims[0]}
-    series = {k: np.empty((chains, n)) for k in prim}
-    kept = []
-    acc = 0.0
-    for c in range(chains):
-        idx, a = independence_metropolis(log_w[c], seed=seed + c)
-        acc += a / chains
-        for k in prim:
-            series[k][c] = prim[k][c, idx]
-        if keep_every:
-            kept.append(idx[::keep_every] + c * n)
-    configs = torch.cat(proposals)[torch.as_tensor(np.stack(kept))] if keep_every else None
-    return ChainResult("imh", series, acc, time.perf_counter() - t0, n, chains, action_evals=n, configs=configs,
-                       keep_every=keep_every)
 
 
 def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: int = 0, flow=None,
