@@ -104,7 +104,7 @@ def latent_hmc(flow, action, n: int, chains: int = 16, seed: int = 0, **kwargs) 
 def latent_local(flow, action, n: int, chains: int = 16, seed: int = 0, warmup: int = 200, width: float = 0.5,
                  target_acceptance: float = 0.4, keep_every: int = 0, progress: bool = False) -> ChainResult:
     """Level-by-level Metropolis in the bulk of an :class:`~rgflow.flows.RGFlow`."""
-    layout = getattr(flow, "layout", None)
+    layout = flow.layout
     if layout is None:
         raise ValueError("sampler 'latent-local' needs a hierarchical flow (flow='mera' or 'tebd'), not a flat one")
     device = next(flow.parameters()).device

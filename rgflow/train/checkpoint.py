@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "FolderLock",
+           "FolderBusy"]
 
 CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
 
@@ -95,3 +96,35 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         if (run_dir / name).is_file():
             return run_dir / name
     return None
+
+
+class FolderBusy(ValueError):
+    """Another live process is writing the run folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a run folder while a process writes it: ``flock`` on the folder itself, so
+    no lock file is left behind and the kernel drops the lock when the holder dies (a killed run never
+    blocks its own resume). :meth:`acquire` refuses a second writer with :class:`FolderBusy`."""
+
+    def __init__(self):
+        self.fd: int | None = None
+
+    def acquire(self, folder: str | Path) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusy(f"{folder} is being written by another running process (rgflow train/resume); "
+                             "wait for it to finish or stop it, then resume") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -45,7 +45,7 @@ from rgflow.flows.rgflow import FieldFlow, build_flow
 from rgflow.layout import Layout
 from rgflow.physics.models import ACTION_PARAMS
 from rgflow.stats import effective_sample_size
-from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rgflow.train.checkpoint import FolderLock, latest_checkpoint, load_checkpoint, save_checkpoint
 from rgflow.train.diagnostics import weight_summary
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 from rgflow.train.loss import ForwardKL, ReverseKL
@@ -313,9 +313,11 @@ def run_loop(cfg, run_dir: str | Path, make_task: Callable[..., Task], resume: b
     :class:`~rgflow.config.LoopConfig`), into ``run_dir``; see the module docstring."""
     ctx, device = init_distributed(cfg.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    lock = FolderLock()
     try:
-        return _train(cfg, Path(run_dir), resume, progress, ctx, device, make_task)
+        return _train(cfg, Path(run_dir), resume, progress, ctx, device, make_task, lock)
     finally:
+        lock.release()
         torch.use_deterministic_algorithms(deterministic)
         ctx.close()
 
@@ -326,8 +328,11 @@ def _param_checksum(model: torch.nn.Module) -> torch.Tensor:
                             for p in model.parameters()]).sum().reshape(1)
 
 
-def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistContext, device: str, make_task) -> dict:
+def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistContext, device: str, make_task,
+           lock: FolderLock) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
+    if ctx.is_main and run_dir.is_dir():
+        lock.acquire(run_dir)  # one writer per folder (rank 0 writes for all ranks)
     previous = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if resume and previous is None:
         raise RunFolderError(f"cannot resume: {run_dir} holds no checkpoint")
@@ -348,6 +353,9 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistCon
     if ctx.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire(run_dir)
+            if not resume and (run_dir / "config.json").exists():  # another process created it meanwhile
+                raise RunFolderError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
             cfg.save(run_dir / "config.json")
         except OSError as exc:
             raise RunFolderError(f"cannot write to run folder {run_dir}: {exc.strerror}") from None

@@ -186,3 +186,45 @@ def test_a_run_folder_from_before_symmetrised_flows_still_loads(tmp_path):
     torch.save(state, run / "checkpoint.pt")
     cfg, flow, _ = load_run(run)
     assert cfg.symmetrize is None and hasattr(flow, "layout")
+
+
+def _locked(folder) -> bool:
+    import fcntl
+    import os
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
+
+
+def test_a_second_writer_is_refused_while_the_first_lives_and_a_killed_one_does_not_block(tmp_path, capsys):
+    """Two `rgflow train --out RUN --resume` at once used to interleave metrics.jsonl and overwrite each
+    other's checkpoints; now the second is refused in one line (exit 2); after the first is SIGKILLed
+    (no chance to clean up) a resume runs."""
+    from rgflow.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "2", "--out", str(run)]) == 0
+    assert not _locked(run)
+    first = subprocess.Popen([sys.executable, "-m", "rgflow", "train", "--out", str(run), "--resume", "--steps",
+                              "100000", "--ckpt-every", "1000000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not _locked(run):
+            assert first.poll() is None and time.time() - t0 < 120
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert main(["train", "--out", str(run), "--resume", "--steps", "5"]) == 2
+        err = capsys.readouterr().err
+        assert "being written by another running process" in err and len(err.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert not _locked(run)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
