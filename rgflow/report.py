@@ -10,18 +10,15 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rgflow.config import TrainConfig  # noqa: E402
-from rgflow.mcmc.hmc import hmc  # noqa: E402
-from rgflow.mcmc.run import summarize  # noqa: E402
-from rgflow.stats import format_value_error as fmt  # noqa: E402
-from rgflow.train import evaluate, load_run, train  # noqa: E402
+from rgflow.config import TrainConfig
+from rgflow.mcmc.hmc import hmc
+from rgflow.mcmc.run import summarize
+from rgflow.stats import format_value_error as fmt
+from rgflow.train import evaluate, load_run, train
 
 __all__ = ["DEMO_CONFIG", "run_demo", "next_run_dir", "read_metrics", "plot_run", "hmc_reference"]
 
@@ -58,7 +55,8 @@ def hmc_reference(action, L: int, n: int = 2000, chains: int = 16, seed: int = 0
 def plot_run(run_dir: Path, flow, evaluation: dict, reference: dict, path: Path) -> None:
     """Four panels: loss, ESS, samples, observables / reference."""
     steps, evals = read_metrics(run_dir)
-    fig, ax = plt.subplots(2, 2, figsize=(11, 8.5))
+    fig = Figure(figsize=(11, 8.5))
+    ax = fig.subplots(2, 2)
     s = np.array([r["step"] for r in steps])
     ax[0, 0].plot(s, [r["loss"] for r in steps], lw=0.8, label="batch $F_{var}$ (loss)")
     ax[0, 0].axhline(-evaluation["lnZ"], color="k", ls="--", lw=1, label=r"$-\ln\hat Z$ (reweighted)")
@@ -99,7 +97,6 @@ def plot_run(run_dir: Path, flow, evaluation: dict, reference: dict, path: Path)
     fig.suptitle(f"{evaluation['action']} {evaluation['params']}, L={evaluation['L']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _markdown(cfg: TrainConfig, summary: dict, ev: dict, ref: dict, n_params: int) -> str:

@@ -25,8 +25,6 @@ spectrum; the network only learns the non-Gaussian rest.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 

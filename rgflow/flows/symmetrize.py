@@ -21,6 +21,8 @@ import math
 from typing import Callable
 
 import torch
+from torch import nn
+
 from rgflow.density import Density
 
 __all__ = ["SymmetrizedFlow", "SYMMETRY_GROUPS", "group_elements", "check_invariance"]

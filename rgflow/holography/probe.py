@@ -14,15 +14,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from rgflow.holography.correlators import boundary_correlator, bulk_correlators, ksg_mutual_information  # noqa: E402
-from rgflow.holography.geometry import fit_geometry, hyperbolic_distance  # noqa: E402
+from rgflow.holography.correlators import boundary_correlator, bulk_correlators, ksg_mutual_information
+from rgflow.holography.geometry import fit_geometry, hyperbolic_distance
 
 __all__ = ["probe", "target_samples", "PROBE_SAMPLERS", "fit_boundary"]
 
@@ -162,7 +159,8 @@ def _figures(result: dict, bulk: dict, sig: np.ndarray, out: Path) -> None:
     L = result["L"]
     keys = np.array(bulk["keys"], dtype=float)
     val, err = np.abs(np.array(bulk["C"])), np.array(bulk["C_err"])
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     geo = result["geometry"]
     if "hyperbolic" in geo:
         h0 = geo["hyperbolic"]["params"]["h0"][0]
@@ -180,7 +178,6 @@ def _figures(result: dict, bulk: dict, sig: np.ndarray, out: Path) -> None:
            title=f"{result['action']} L={L}: bulk correlation ({result['coords']} coordinates)")
     fig.tight_layout()
     fig.savefig(out / "bulk_correlation.png", dpi=110)
-    plt.close(fig)
     n_lev = int(keys[:, 1].max()) + 1
     seps = sorted({(int(a), int(b)) for a, b in keys[:, 2:]}, key=lambda s: s[0] ** 2 + s[1] ** 2)[:12]
     mi = np.full((n_lev * (n_lev + 1) // 2, len(seps)), np.nan)
@@ -193,7 +190,8 @@ def _figures(result: dict, bulk: dict, sig: np.ndarray, out: Path) -> None:
                 if (l1_, l2_) == (l1, l2) and (a, b) in seps:
                     mi[row, seps.index((a, b))] = bulk["mi"][k]
             row += 1
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     im = ax.imshow(np.log10(np.maximum(mi, 1e-8)), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xticks(range(len(seps)), [f"{a},{b}" for a, b in seps], fontsize=7, rotation=45)
@@ -202,9 +200,9 @@ def _figures(result: dict, bulk: dict, sig: np.ndarray, out: Path) -> None:
     fig.colorbar(im)
     fig.tight_layout()
     fig.savefig(out / "mutual_information.png", dpi=110)
-    plt.close(fig)
     rows = np.array(result["boundary_correlator"])
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     ax.errorbar(rows[:, 0], rows[:, 1], rows[:, 2], fmt="o", label="G(r)")
     fits = result["boundary_fits"]
     r = np.linspace(1, L / 2, 100)
@@ -217,4 +215,3 @@ def _figures(result: dict, bulk: dict, sig: np.ndarray, out: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "boundary_correlator.png", dpi=110)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Figures of the scale-separation demos (matplotlib, Agg): image grids for images and fields alike."""
+"""Figures of the scale-separation demos (matplotlib's object API, no pyplot state): image grids of
+images and fields alike."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +11,11 @@ __all__ = ["image_grid", "receptive_field_figure"]
 
 
 def _save(fig, path: str | Path, title: str | None) -> Path:
-    import matplotlib.pyplot as plt
-
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -36,14 +34,12 @@ def _panel(ax, field: torch.Tensor, kind: str, vlim: float) -> None:
 def image_grid(rows: torch.Tensor, path: str | Path, kind: str = "images", row_labels=None, col_labels=None,
                title: str | None = None) -> Path:
     """Save a grid of ``rows [R, K, C, L, L]`` (images in ``[0, 1]`` or lattice fields) to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     R, K = rows.shape[:2]
     vlim = float(rows.abs().quantile(0.99)) if kind != "images" else 1.0
-    fig, axes = plt.subplots(R, K, figsize=(1.1 * K + 0.6, 1.1 * R + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.1 * K + 0.6, 1.1 * R + 0.5))
+    axes = fig.subplots(R, K, squeeze=False)
     for r in range(R):
         for k in range(K):
             _panel(axes[r, k], rows[r, k], kind, vlim)
@@ -57,13 +53,11 @@ def image_grid(rows: torch.Tensor, path: str | Path, kind: str = "images", row_l
 
 def receptive_field_figure(rf, path: str | Path, title: str | None = None) -> Path:
     """Rows: ``E|dx/dz|`` and the impulse response per level; last panel: effective radius vs level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = len(rf.radius)
-    fig, axes = plt.subplots(2, n + 1, figsize=(1.6 * (n + 1), 3.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * (n + 1), 3.4))
+    axes = fig.subplots(2, n + 1, squeeze=False)
     for lvl in range(n):
         for row, maps in enumerate((rf.mean_abs, rf.impulse)):
             ax = axes[row, lvl]

@@ -12,20 +12,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rgflow.mcmc.base import ChainResult  # noqa: E402
-from rgflow.mcmc.hmc import hmc  # noqa: E402
-from rgflow.mcmc.imh import flow_imh  # noqa: E402
-from rgflow.mcmc.latent import latent_hmc, latent_local  # noqa: E402
-from rgflow.mcmc.local import local_metropolis  # noqa: E402
-from rgflow.physics.observables import chain_observables, derived_observables  # noqa: E402
-from rgflow.physics.models import ACTION_PARAMS  # noqa: E402
-from rgflow.stats import gamma_method  # noqa: E402
+from rgflow.mcmc.base import ChainResult
+from rgflow.mcmc.hmc import hmc
+from rgflow.mcmc.imh import flow_imh
+from rgflow.mcmc.latent import latent_hmc, latent_local
+from rgflow.mcmc.local import local_metropolis
+from rgflow.physics.observables import chain_observables, derived_observables
+from rgflow.physics.models import ACTION_PARAMS
+from rgflow.stats import gamma_method
 
 __all__ = ["SAMPLERS", "FLOW_SAMPLERS", "run_sampler", "flow_imh", "summarize", "plot_autocorrelation"]
 
@@ -104,7 +101,8 @@ def summarize(res: ChainResult, action, L: int, discard: int | str = "auto") -> 
 
 def plot_autocorrelation(res: ChainResult, summary: dict, path: str | Path, max_lag: int = 200) -> None:
     """Normalised autocorrelation (pooled over chains, Gamma-method) of every observable, with tau_int."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     series = {k: v[:, summary["n_discarded"]:] for k, v in res.series.items()}
     channels = ACTION_PARAMS[summary["action"]][1]
     for name, fn in derived_observables(summary["L"], channels).items():
@@ -120,4 +118,3 @@ def plot_autocorrelation(res: ChainResult, summary: dict, path: str | Path, max_
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
