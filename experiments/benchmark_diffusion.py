@@ -172,14 +172,14 @@ def smallest_nfe(rows: list[dict], key: str = "max_abs_z", bound: float = 2.0):
     return None
 
 
-def stage_ladder(point, L, schedule, net, work: Path, data: dict, seed: int) -> dict:
+def stage_ladder(point, L, schedule, net, work: Path, data: dict, seed: int, nfes=None) -> dict:
     from rgflow.diffusion.sampler import cost_of, sample_fields
-    from rgflow.diffusion.train import load_diffusion_run
+    from rgflow.runs import open_run
 
     run = work / run_name(point, L, schedule, net)
-    _, model, _, _ = load_diffusion_run(run, weights="ema")
+    model = open_run(run, "diffusion", weights="ema").model
     rows = []
-    for nfe in LADDER[schedule]:
+    for nfe in nfes or LADDER[schedule]:
         t0 = time.perf_counter()
         x, _ = sample_fields(model, N_SAMPLES, nfe, "ode", torch.Generator().manual_seed(seed), batch_size=512)
         obs = measure(x)
@@ -231,6 +231,7 @@ def main() -> None:
     p.add_argument("net", nargs="?", choices=["local", "unet"])
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--nfe", type=int, default=4, help="exact, imh: evaluations of the finest level")
+    p.add_argument("--nfes", help="ladder: comma-separated NFE rungs instead of the schedule's default ladder")
     p.add_argument("--samples", type=int, default=64, help="exact: samples with exact ln q")
     p.add_argument("--n", type=int, default=512, help="imh: proposals per chain")
     p.add_argument("--chains", type=int, default=8, help="imh: chains")
@@ -256,7 +257,8 @@ def main() -> None:
         if args.stage == "train":
             result = stage_train(point, L, args.schedule, args.net, work, data, args.minutes, args.seed)
         elif args.stage == "ladder":
-            result = stage_ladder(point, L, args.schedule, args.net, work, data, args.seed)
+            nfes = [int(v) for v in args.nfes.split(",")] if args.nfes else None
+            result = stage_ladder(point, L, args.schedule, args.net, work, data, args.seed, nfes)
         elif args.stage == "exact":
             result = stage_exact(point, L, work, args.seed, args.nfe, args.samples)
         else:

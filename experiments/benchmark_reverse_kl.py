@@ -40,7 +40,8 @@ from common import add_output_arguments, machine  # noqa: E402
 
 from rgflow.config import TrainConfig  # noqa: E402
 from rgflow.physics import ISING_TC  # noqa: E402
-from rgflow.train import evaluate, load_run, train  # noqa: E402
+from rgflow.train import evaluate, train  # noqa: E402
+from rgflow.runs import open_run  # noqa: E402
 
 CASES = {
     "phi4-L8": {"action": "phi4", "L": 8, "params": {"m2": -4.0, "lam": 8.0}},
@@ -85,7 +86,8 @@ def run_case(case: str, flow_name: str, minutes: float, n_eval: int, work: Path,
 
 def evaluate_case(rec: dict, run_dir: Path, n_eval: int, seed: int, batch: int = 1024) -> dict:
     """Evaluate the trained run in ``run_dir`` (deterministic given ``seed``) into ``rec``."""
-    cfg, flow, _ = load_run(run_dir)
+    run = open_run(run_dir, "flow")
+    cfg, flow = run.config, run.model
     action = cfg.make_action()
     ev = evaluate(flow, action, n_eval, seed=seed + 1)
     rec = {

@@ -47,7 +47,8 @@ from rgflow.config import TrainConfig  # noqa: E402
 from rgflow.mcmc.run import run_sampler, summarize  # noqa: E402
 from rgflow.physics.models import make_action  # noqa: E402
 from rgflow.stats import format_value_error  # noqa: E402
-from rgflow.train import load_run, train  # noqa: E402
+from rgflow.train import train  # noqa: E402
+from rgflow.runs import open_run  # noqa: E402
 
 LAM = 0.022
 KAPPAS = (0.262, 0.265, 0.268, 0.271, 0.274, 0.277, 0.280)
@@ -116,7 +117,8 @@ def point_config(point: str, kappa_c: float, minutes: float, work: Path) -> Trai
 
 
 def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[dict]:
-    cfg, flow, _ = load_run(run_dir)
+    run = open_run(run_dir, "flow")
+    cfg, flow = run.config, run.model
     action = cfg.make_action()
     rows = []
     for sampler, n in SAMPLERS.items():

@@ -24,7 +24,8 @@ from pathlib import Path
 from common import add_output_arguments, machine
 
 from rgflow.config import TrainConfig
-from rgflow.train import evaluate, load_run, train
+from rgflow.runs import open_run
+from rgflow.train import evaluate, train
 
 PHYSICS = {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}
 ARMS = ("scratch", "transfer")
@@ -46,7 +47,7 @@ def run_arm(arm: str, total: float, split, n_eval: int, work: Path, seed: int) -
         extra = {"init_from": str(previous)} if previous else {}
         cfg = TrainConfig(**PHYSICS, L=L, minutes=minutes, seed=seed, eval_every=10**9, **extra)
         summary = train(cfg, run_dir)
-        _, flow, _ = load_run(run_dir)
+        flow = open_run(run_dir, "flow").model
         ev = evaluate(flow, cfg.make_action(), n_eval if L == 32 else 4096, seed=seed + 1)
         rows.append({"L": L, "minutes": summary["elapsed"] / 60, "steps": summary["step"], "ess": ev["ess"],
                      "imh_acceptance": ev["imh_acceptance"], "f_variational": ev["f_variational"],

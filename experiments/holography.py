@@ -36,7 +36,8 @@ from rgflow.holography.probe import probe, target_samples  # noqa: E402
 from rgflow.mcmc.run import run_sampler, summarize  # noqa: E402
 from rgflow.physics.models import make_action  # noqa: E402
 from rgflow.stats import format_value_error  # noqa: E402
-from rgflow.train import load_run, train  # noqa: E402
+from rgflow.train import train  # noqa: E402
+from rgflow.runs import open_run  # noqa: E402
 
 LAM = 1.0
 KAPPAS = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70)
@@ -141,7 +142,8 @@ def main() -> None:
                                                          "config": cfg.to_dict()}
                 save()
             if "probe" in stages:
-                cfg, flow, _ = load_run(run)  # one set of exact-target samples, probed in both coordinates
+                opened = open_run(run, "flow")  # one set of exact-target samples, probed in both coordinates
+                cfg, flow = opened.config, opened.model
                 samples = target_samples(flow, cfg.make_action(), "latent-hmc", args.n, 16, args.seed, 100)
                 for coords in ("flow", "haar"):
                     res = probe(run, n=args.n, chains=16, coords=coords, seed=args.seed,

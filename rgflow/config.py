@@ -30,7 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["add_loop_arguments", "LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys"]
+__all__ = ["add_loop_arguments", "LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys",
+           "migrate_config"]
 
 COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
 FLOW_KINDS = ("mera", "tebd", "flat")
@@ -242,6 +243,17 @@ class TrainConfig(LoopConfig):
 
     def make_action(self) -> Action:
         return make_action(self.action, **self.params)
+
+
+def migrate_config(data: dict) -> dict:
+    """A saved run config (``config.json`` or a checkpoint's) as the current code reads it: folders from
+    before model families had kinds hold flows; flow folders from before symmetrised flows hold plain
+    flows. The one place old folders are migrated."""
+    data = dict(data)
+    data.setdefault("kind", "flow")
+    if data["kind"] == "flow":
+        data.setdefault("symmetrize", None)
+    return data
 
 
 def normalize_keys(data: dict, warn: bool = True) -> dict:

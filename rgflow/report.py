@@ -18,7 +18,8 @@ from rgflow.config import TrainConfig
 from rgflow.mcmc.hmc import hmc
 from rgflow.mcmc.run import summarize
 from rgflow.stats import format_value_error as fmt
-from rgflow.train import evaluate, load_run, train
+from rgflow.runs import open_run
+from rgflow.train import evaluate, train
 
 __all__ = ["DEMO_CONFIG", "run_demo", "next_run_dir", "read_metrics", "plot_run", "hmc_reference"]
 
@@ -132,7 +133,8 @@ def run_demo(out: str | Path | None = None, minutes: float = 4.0, seed: int = 0,
     cfg = TrainConfig(**DEMO_CONFIG, minutes=minutes, seed=seed)
     log.info("training %s %s on %dx%d for %.1f min -> %s", cfg.action, cfg.params, cfg.L, cfg.L, minutes, run_dir)
     summary = train(cfg, run_dir)
-    cfg, flow, _ = load_run(run_dir)
+    run = open_run(run_dir, "flow")
+    cfg, flow = run.config, run.model
     action = cfg.make_action()
     log.info("evaluating on %d samples", n_eval)
     ev = evaluate(flow, action, n_eval, seed=seed)

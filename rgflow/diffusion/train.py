@@ -37,10 +37,11 @@ from rgflow.config import LoopConfig
 from rgflow.diffusion.model import DiffusionModel, build_stages
 from rgflow.diffusion.nets import NET_KINDS
 from rgflow.diffusion.stages import SCHEDULES
+from rgflow.runs import RunFamily
 from rgflow.train.distributed import sampler_seed
 
-__all__ = ["DiffusionConfig", "DenoisingLoss", "EMA", "EncodedPool", "train_diffusion", "load_diffusion_run",
-           "config_for_ensemble", "build_model", "replicas", "force_residual", "TARGETS", "WEIGHTS"]
+__all__ = ["DiffusionConfig", "DenoisingLoss", "EMA", "EncodedPool", "train_diffusion", "config_for_ensemble",
+           "build_model", "replicas", "force_residual", "TARGETS", "WEIGHTS", "RUN_FAMILY"]
 
 TARGETS = ("force", "dsm")
 WEIGHTS = ("ema", "raw")
@@ -143,9 +144,10 @@ def build_model(cfg: DiffusionConfig, P: torch.Tensor | None, channels: int, dev
     if cfg.coords == "field":
         return DiffusionModel.build(P, Layout(cfg.L), cfg.noise_schedule, cfg.net, cfg.width, cfg.depth, cfg.odd)
     from rgflow.diffusion.latent import LatentPyramid
-    from rgflow.train import load_run
+    from rgflow.runs import open_run
 
-    flow_cfg, flow, _ = load_run(cfg.coords, device=device)
+    source = open_run(cfg.coords, "flow", device=device)
+    flow_cfg, flow = source.config, source.model
     if flow_cfg.L != cfg.L or flow.channels != channels or flow.layout is None:
         raise ValueError(f"--coords {cfg.coords}: a hierarchical flow run for L={cfg.L} with {channels} channel(s) is "
                          f"needed, got flow={flow_cfg.flow!r}, L={flow_cfg.L}, channels={flow.channels}")
@@ -348,32 +350,31 @@ def train_diffusion(cfg: DiffusionConfig, run_dir: str | Path, resume: bool = Fa
     return run_loop(cfg, run_dir, _diffusion_task, resume, progress)
 
 
-def load_diffusion_run(run_dir: str | Path, device: str | None = None, nfe: int = 16, weights: str = "ema"):
-    """``(config, model, action, checkpoint state)`` of a diffusion run; ``weights``: the EMA
-    (``"ema"``) or the raw trained weights (``"raw"``); the model's density is that of the
-    deterministic sampler with ``nfe`` evaluations per stage."""
-    from rgflow.physics.models import make_action
-    from rgflow.train.loop import load_run_state
+def _load(cfg: DiffusionConfig, state: dict, device: str, nfe: int = 16, weights: str = "ema") -> DiffusionModel:
+    """The trained model of a diffusion run: ``weights`` ``"ema"`` (the moving average) or ``"raw"``
+    (the last trained weights); its density is that of the deterministic sampler with ``nfe``
+    evaluations of the finest stage."""
+    from rgflow.physics.models import ACTION_PARAMS
 
     if weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not allowed; allowed: {', '.join(WEIGHTS)}")
-    cfg, state = load_run_state(run_dir, "diffusion", DiffusionConfig, device,
-                                "; use `rgflow eval/sample/mcmc` for a flow run, or train one with `rgflow diffuse train`")
-    action = make_action(cfg.action, **cfg.params)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    P = state["model"].get("coords.P")
-    model = build_model(cfg, P, action.channels, cfg.device).to(device=cfg.device, dtype=dtype)
+    model = build_model(cfg, state["model"].get("coords.P"), ACTION_PARAMS[cfg.action][1], device)
+    model = model.to(device=device, dtype=dtype)
     try:
         model.load_state_dict(state["model"])
         if weights == "ema" and "ema" in state.get("extra", {}):
             model.stages.load_state_dict(state["extra"]["ema"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
-        raise ValueError(f"{run_dir}: the checkpoint does not fit the model its config.json describes ({first}); "
+        raise ValueError(f"the checkpoint does not fit the diffusion model its config.json describes ({first}); "
                          "was it written by another rgflow version?") from None
     model.nfe = nfe
-    model.eval()
-    return cfg, model, action, state
+    return model.eval()
+
+
+RUN_FAMILY = RunFamily("diffusion", "rgflow diffuse train / sample / eval", DiffusionConfig, _load,
+                       options=("nfe", "weights"))
 
 
 def config_for_ensemble(data: str, **options) -> DiffusionConfig:

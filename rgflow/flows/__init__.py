@@ -11,10 +11,10 @@ from rgflow.flows.couplings import (
     make_block,
     spline_coupling,
 )
-from rgflow.flows.haar import HaarBlock, IdentityBlock, haar_flow
+from rgflow.flows.haar import HaarBlock, IdentityBlock
 from rgflow.flows.ode_cnn import ODECNNLevel
 from rgflow.flows.priors import PRIOR_KINDS, Prior
-from rgflow.flows.rgflow import FLOW_BLOCK_KINDS, RGFlow, build_flow
+from rgflow.flows.rgflow import FLOW_BLOCK_KINDS, RGFlow, build_flow, haar_flow
 from rgflow.flows.symmetrize import SYMMETRY_GROUPS, SymmetrizedFlow
 from rgflow.flows.transfer import grow_flow
 

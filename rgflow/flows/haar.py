@@ -9,8 +9,8 @@ which moves on to the next level), ``(a - b + c - d) / 2``, ``(a + b - c - d) / 
 ``(a - b - c + d) / 2`` (the three detail combinations, stored at the other three sites, which
 become this level's bulk latents). Disentanglers are the identity. The whole map is orthogonal:
 ``ln|det| = 0`` in both directions, ``u`` is stored in place like a flow's latents, and
-``layout.split(u)`` gives the levels. :func:`haar_flow` builds it as an :class:`RGFlow` with zero
-parameters, so "RG coordinates" are always an ``RGFlow``.
+``layout.split(u)`` gives the levels. :func:`rgflow.flows.rgflow.haar_flow` builds it as an
+:class:`~rgflow.flows.rgflow.RGFlow` with zero parameters, so "RG coordinates" are always an ``RGFlow``.
 
 With the orthonormal map an isotropic Gaussian in ``u`` is an isotropic Gaussian in ``x``.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from nflows.transforms.base import Transform
 
-__all__ = ["HaarBlock", "IdentityBlock", "haar_flow"]
+__all__ = ["HaarBlock", "IdentityBlock"]
 
 
 class IdentityBlock(Transform):
@@ -73,16 +73,3 @@ class HaarBlock(Transform):
         """Feature-major path (:func:`rgflow.flows.base.block_map`): ``u [F, N] -> H u`` (``H^T u`` inverse)."""
         m = self.matrix.to(u.dtype)
         return (m if inverse else m.T) @ u, u.new_zeros(u.shape[1])
-
-
-def haar_flow(layout, channels: int = 1):
-    """The Haar map on ``layout`` as an :class:`~rgflow.flows.rgflow.RGFlow` with zero parameters
-    and a standard normal prior (identity on disentanglers, :class:`HaarBlock` on decimators)."""
-    from rgflow.flows.priors import Prior
-    from rgflow.flows.rgflow import RGFlow
-
-    if layout.kind != "mera":
-        raise ValueError(f"the Haar map needs a MERA layout (decimation), got kind={layout.kind!r}")
-    blocks = [HaarBlock(layout.block_size, channels) if s.role == "decimator" else IdentityBlock()
-              for s in layout.sublayers]
-    return RGFlow(layout, blocks, Prior(layout, channels))

@@ -18,11 +18,12 @@ from rgflow.defaults import FLOW_DEFAULTS, deprecated
 from rgflow.density import Density
 from rgflow.flows.base import BlockSublayer
 from rgflow.flows.couplings import make_block
+from rgflow.flows.haar import HaarBlock, IdentityBlock
 from rgflow.flows.priors import Prior
 from rgflow.layout import Layout
 from rgflow.physics.fields import check_field
 
-__all__ = ["FieldFlow", "RGFlow", "build_flow", "FLOW_BLOCK_KINDS", "parse_levels"]
+__all__ = ["FieldFlow", "RGFlow", "build_flow", "haar_flow", "FLOW_BLOCK_KINDS", "parse_levels"]
 
 #: block kinds of :func:`build_flow`: the block bijections, and ``"ode-cnn"`` (an ODE-CNN layer per level)
 FLOW_BLOCK_KINDS = ("affine", "spline", "ode", "ode-cnn")
@@ -187,3 +188,13 @@ def build_flow(
         for s in layout.sublayers
     ]
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)
+
+
+def haar_flow(layout, channels: int = 1):
+    """The Haar map on ``layout`` as an :class:`~rgflow.flows.rgflow.RGFlow` with zero parameters
+    and a standard normal prior (identity on disentanglers, :class:`HaarBlock` on decimators)."""
+    if layout.kind != "mera":
+        raise ValueError(f"the Haar map needs a MERA layout (decimation), got kind={layout.kind!r}")
+    blocks = [HaarBlock(layout.block_size, channels) if s.role == "decimator" else IdentityBlock()
+              for s in layout.sublayers]
+    return RGFlow(layout, blocks, Prior(layout, channels))

@@ -109,8 +109,8 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
 
     ``samples``: the ``(fields, summary)`` of :func:`target_samples` for this run, to probe the same
     samples in other coordinates without sampling again."""
-    from rgflow.flows.haar import haar_flow
-    from rgflow.train import load_run
+    from rgflow.flows.rgflow import haar_flow
+    from rgflow.runs import open_run
 
     if sampler not in PROBE_SAMPLERS:
         raise ValueError(f"--sampler {sampler!r} is not allowed; allowed: {', '.join(PROBE_SAMPLERS)}")
@@ -118,7 +118,8 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
         raise ValueError(f"--coords {coords!r} is not allowed; allowed: flow, haar")
     if n < 8 or chains < 1:
         raise ValueError(f"--n must be >= 8 and --chains >= 1, got n={n}, chains={chains}")
-    cfg, flow, _ = load_run(run)
+    opened = open_run(run, "flow")
+    cfg, flow = opened.config, opened.model
     if flow.layout is None or flow.layout.kind != "mera":
         raise ValueError(f"{run}: probes need a hierarchical MERA flow (a bulk with levels), got flow={cfg.flow!r}")
     action, layout = cfg.make_action(), flow.layout

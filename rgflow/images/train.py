@@ -29,9 +29,10 @@ from rgflow.flows.rgflow import build_flow
 from rgflow.images.data import DATASETS, ImageSet, load
 from rgflow.images.model import ImageFlow, bits_per_dim, dequantize
 from rgflow.layout import Layout
+from rgflow.runs import RunFamily
 from rgflow.train.distributed import sampler_seed
 
-__all__ = ["ImageConfig", "ImageBatches", "ImageNLL", "build_image_model", "train_images", "load_image_run",
+__all__ = ["ImageConfig", "ImageBatches", "ImageNLL", "build_image_model", "train_images", "RUN_FAMILY",
            "image_split", "count_parameters"]
 
 IMAGE_FLOWS = ("mera", "flat")
@@ -201,12 +202,10 @@ def train_images(cfg: ImageConfig, run_dir: str | Path, resume: bool = False, pr
     return run_loop(cfg, run_dir, _image_task, resume, progress)
 
 
-def load_image_run(run_dir: str | Path, device: str | None = None) -> tuple[ImageConfig, ImageFlow, dict]:
-    """``(config, trained model, checkpoint state)`` of an image run folder."""
-    from rgflow.train.loop import load_run_state
-
-    cfg, state = load_run_state(run_dir, "images", ImageConfig, device, " (train one with `rgflow images train`)")
-    model = build_image_model(cfg, load(cfg.data, cfg.size).channels)
+def _load(cfg: ImageConfig, state: dict, device: str) -> ImageFlow:
+    model = build_image_model(cfg, load(cfg.data, cfg.size).channels, device)
     model.load_state_dict(state["model"])
-    model.eval()
-    return cfg, model, state
+    return model.eval()
+
+
+RUN_FAMILY = RunFamily("images", "rgflow images train / eval / demo", ImageConfig, _load)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "FolderLock",
+__all__ = ["CheckpointError", "RunFolderError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CHECKPOINT_FORMAT", "FolderLock",
            "FolderBusy"]
 
 CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
@@ -20,6 +20,10 @@ CHECKPOINT_FORMAT = "rgflow-checkpoint-v1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (not a run, another kind of run, or already a run)."""
 
 
 def _all_finite(state) -> bool:
@@ -81,9 +85,11 @@ def _resolved_config(path: Path, saved: dict, config_cls) -> dict:
     """The checkpoint's config as the current code resolves it: keys an older version lacked take
     their (action-dependent) defaults, renamed keys their new names."""
     try:
-        data = {k: v for k, v in saved.items() if k != "steps" and k != "minutes"}
-        if "symmetrize" in config_cls.MODEL_KEYS:
-            data.setdefault("symmetrize", None)  # as read_run_config: older checkpoints hold plain flows
+        from rgflow.config import migrate_config
+
+        data = {k: v for k, v in migrate_config(saved).items() if k not in ("steps", "minutes", "kind")}
+        if "kind" in saved:
+            data["kind"] = saved["kind"]
         return config_cls.from_dict({**data, "steps": 1}, warn=False).to_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint holds an unreadable config ({exc})") from None

@@ -1,8 +1,9 @@
 """The one training loop: a plain function from a config to a run folder, with pluggable tasks.
 
 :func:`run_loop` trains any :class:`Task` -- a model, a loss module ``forward(batch_size) -> loss``
-and hooks -- under a :class:`~rgflow.config.LoopConfig`; :func:`train` is the reverse-KL flow
-task, :func:`rgflow.diffusion.train.train_diffusion` the denoising-score-matching one.
+and hooks -- under a :class:`~rgflow.config.LoopConfig`: :func:`rgflow.train.flow.train` (reverse
+and forward KL of flows), :func:`rgflow.diffusion.train.train_diffusion` (score matching) and
+:func:`rgflow.images.train.train_images` (image likelihood) are its tasks.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object
 per logged step, evaluation or event) and ``checkpoint.pt`` (atomic; the previous one is kept
@@ -38,23 +39,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from rgflow.config import TrainConfig
-from rgflow.flows.base import device_of
-from rgflow.flows.flat import build_flat_flow
-from rgflow.flows.rgflow import FieldFlow, build_flow
-from rgflow.layout import Layout
-from rgflow.physics.models import ACTION_PARAMS
-from rgflow.stats import effective_sample_size
-from rgflow.train.checkpoint import FolderLock, latest_checkpoint, load_checkpoint, save_checkpoint
-from rgflow.train.diagnostics import weight_summary
+from rgflow.train.checkpoint import FolderLock, RunFolderError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
-from rgflow.train.loss import ForwardKL, ReverseKL
 
-__all__ = ["build_model", "train", "run_loop", "Task", "load_run", "load_run_state", "resume_config", "read_run_config",
-           "TrainingInterrupted", "RunFolderError"]
+__all__ = ["run_loop", "Task", "TrainingInterrupted"]
 
 log = logging.getLogger("rgflow")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class TrainingInterrupted(Exception):
@@ -63,120 +53,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, step: int):
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint written, resume with --resume")
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked (not a run, or already a run)."""
-
-
-def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
-    """The flow a config describes, in the config's dtype and device (or ``device``)."""
-    channels = ACTION_PARAMS[cfg.action][1]
-    if cfg.flow == "flat":
-        flow = build_flat_flow(cfg.L, channels, n_layers=cfg.n_couplings, hidden=(cfg.hidden,) * cfg.layers)
-    else:
-        layout = Layout(cfg.L, block_size=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
-        flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
-                          cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
-                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
-                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint)
-    if cfg.symmetrize:
-        from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
-
-        check_invariance(cfg.make_action(), cfg.symmetrize, cfg.L, channels)
-        flow = SymmetrizedFlow(flow, cfg.symmetrize)
-    return flow.to(dtype=_DTYPES[cfg.dtype], device=device or cfg.device)
-
-
-def read_run_config(run_dir: str | Path) -> dict:
-    """The raw ``config.json`` of a run folder (``kind`` names its model family: ``"flow"``, the
-    default of folders written before diffusion runs existed, or ``"diffusion"``)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder (no config.json); create one with `rgflow train --out {run_dir}`")
-    try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{cfg_path}: not a run configuration")
-    if data.get("kind", "flow") == "flow":
-        data.setdefault("symmetrize", None)  # folders from before symmetrised flows hold plain flows
-    return data
-
-
-def load_run_state(run_dir: str | Path, kind: str, config_cls, device: str | None = None, hint: str = ""):
-    """``(config, checkpoint state)`` of a run folder of model family ``kind`` (``"diffusion"``,
-    ``"images"``, ...), its config read through ``config_cls``; a folder of another kind, or one
-    without a checkpoint, is a :class:`RunFolderError` (``hint`` says what to use instead)."""
-    data = read_run_config(run_dir)
-    found = data.get("kind", "flow")
-    if found != kind:
-        raise RunFolderError(f"{run_dir} is a {found} run, not a {kind} run{hint}")
-    cfg = config_cls.from_dict(data, warn=False)
-    if device is not None:
-        cfg.device = device
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
-    return cfg, load_checkpoint(ckpt, cfg.to_dict(), cfg.device, config_cls)
-
-
-def resume_config(run_dir: str | Path, kind: str, config_cls, overrides: dict):
-    """The config to continue the ``kind`` run in ``run_dir`` with: its ``config.json`` updated by ``overrides``."""
-    saved = read_run_config(run_dir)
-    found = saved.get("kind", "flow")
-    if found != kind:
-        raise RunFolderError(f"cannot resume: {run_dir} is a {found} run, not a {kind} run")
-    return config_cls.from_dict({**saved, **overrides}, warn=False)
-
-
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, FieldFlow, dict]:
-    """Load ``(config, flow with trained weights, checkpoint state)`` from a flow run folder."""
-    run_dir = Path(run_dir)
-    data = read_run_config(run_dir)
-    if data.get("kind", "flow") != "flow":
-        tool = {"diffusion": "rgflow diffuse", "images": "rgflow images"}.get(data["kind"], "rgflow")
-        raise RunFolderError(f"{run_dir} is a {data['kind']} run, not a lattice flow run; use `{tool} ...` for it")
-    cfg = TrainConfig.from_dict({k: v for k, v in data.items() if k != "kind"}, warn=False)
-    if device is not None:
-        cfg.device = device
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise RunFolderError(f"{run_dir} has no checkpoint yet (checkpoint.pt); train it first")
-    state = load_checkpoint(ckpt, cfg.to_dict(), map_location=cfg.device)
-    flow = build_model(cfg)
-    flow.load_state_dict(state["model"])
-    return cfg, flow, state
-
-
-#: config keys that must agree between a run and the run it starts from (``--init-from``)
-_TRANSFER_KEYS = ("action", "flow", "block", "block_size", "n_couplings", "hidden", "layers", "repeats", "depth",
-                  "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric")
-
-
-def init_from_run(cfg: TrainConfig, flow: torch.nn.Module) -> dict:
-    """Copy the flow of the run ``cfg.init_from`` (a smaller lattice) into ``flow`` (:func:`rgflow.flows.transfer.grow_flow`).
-
-    Raises:
-        RunFolderError / ValueError: in one line, naming the folder and what differs.
-    """
-    from rgflow.flows.transfer import grow_flow, level_offset
-
-    src_cfg, src_flow, _ = load_run(cfg.init_from, device=str(device_of(flow)))
-    diff = [f"{k}={getattr(src_cfg, k)!r} there, {getattr(cfg, k)!r} here" for k in _TRANSFER_KEYS
-            if getattr(src_cfg, k) != getattr(cfg, k)]
-    if diff:
-        raise ValueError(f"--init-from {cfg.init_from}: the architecture must match (L may grow by a power of 2, "
-                         f"couplings may differ); " + "; ".join(diff))
-    try:
-        level_offset(src_cfg.L, cfg.L)
-    except ValueError as exc:
-        raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
-    info = grow_flow(src_flow, flow, cfg.init_finest)
-    log.info("initialised from %s (L=%d -> %d, levels shifted by %d)", cfg.init_from, src_cfg.L, cfg.L, info["offset"])
-    return info
 
 
 def _lr_factor(cfg, progress: float) -> float:
@@ -220,13 +96,6 @@ def _make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-@torch.no_grad()
-def _quick_eval(flow: FieldFlow, action, n: int, seed: int) -> dict:
-    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed)
-    x, log_q = flow.sample(n, generator=gen)
-    return weight_summary(log_q, action(x), action.lnZ_offset(x.shape[-1]))
-
-
 @dataclass
 class Task:
     """What :func:`run_loop` trains.
@@ -251,60 +120,6 @@ class Task:
     extra_state: Callable[[], dict] = lambda: {}
     load_extra_state: Callable[[dict], None] = lambda state: None
     initialise: Callable[[], None] = lambda: None
-
-
-def _flow_task(cfg: TrainConfig, ctx: DistContext, device: str) -> Task:
-    """Reverse KL of the flow ``cfg`` describes against its action, or (``cfg.data``) forward KL on
-    an ensemble's training split."""
-    action = cfg.make_action()
-    flow = build_model(cfg, device)
-    gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
-    if cfg.data:
-        return _forward_kl_task(cfg, flow, action, gen, device)
-    loss_fn = ReverseKL(flow, action, cfg.path_gradient, generator=gen, kinetic_weight=cfg.ode_kinetic,
-                      jacobian_weight=cfg.ode_jacobian)
-
-    def log_extras() -> dict:
-        log_w = torch.cat(ctx.all_gather(loss_fn.last_log_w)).double().cpu().numpy()
-        return {"ess_batch": effective_sample_size(log_w)}
-
-    return Task(flow, loss_fn, gen, quick_eval=lambda step: _quick_eval(flow, action, cfg.eval_samples, seed=step),
-                log_extras=log_extras, initialise=(lambda: init_from_run(cfg, flow)) if cfg.init_from else lambda: None)
-
-
-def _forward_kl_task(cfg: TrainConfig, flow: FieldFlow, action, gen: torch.Generator, device: str) -> Task:
-    """Maximum likelihood on ``cfg.data``; every evaluation logs the held-out NLL per site (and the
-    flow's ESS against the action, for comparison with reverse KL)."""
-    from rgflow.ensemble import FieldBatches, load_ensemble, split_ensemble
-
-    ens = load_ensemble(cfg.data)
-    if (ens.action.name, dict(ens.action.params), ens.L) != (cfg.action, cfg.params, cfg.L):
-        raise ValueError(f"--data {cfg.data}: the ensemble is {ens.action.name} {dict(ens.action.params)} L={ens.L}, "
-                         f"the run is {cfg.action} {cfg.params} L={cfg.L}")
-    fields = ens.fields.to(device=device, dtype=_DTYPES[cfg.dtype])
-    train_idx, test_idx = split_ensemble(len(fields), cfg.holdout, cfg.seed)
-    batches = FieldBatches(fields[train_idx], gen, shift=True, sign=action.sign_symmetric)
-    held_out = fields[test_idx]
-    V = cfg.L * cfg.L
-
-    @torch.no_grad()
-    def quick_eval(step: int) -> dict:
-        nll = torch.cat([-flow.log_prob(held_out[i:i + 1024]) for i in range(0, len(held_out), 1024)]).double()
-        return {"heldout_nll_per_site": float(nll.mean()) / V,
-                "heldout_nll_per_site_err": float(nll.std() / len(nll) ** 0.5) / V, "n_heldout": len(nll),
-                **_quick_eval(flow, action, cfg.eval_samples, seed=step)}
-
-    return Task(flow, ForwardKL(flow, batches), gen, quick_eval=quick_eval)
-
-
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
-    """Train the flow ``cfg`` describes by reverse KL into ``run_dir``; with ``resume`` continue
-    the run stored there. Runs data-parallel when launched by ``torchrun`` (module docstring).
-
-    Returns:
-        ``{"run_dir", "step", "elapsed", "loss", "bad_steps", "rollbacks", "world_size"}``.
-    """
-    return run_loop(cfg, run_dir, _flow_task, resume, progress)
 
 
 def run_loop(cfg, run_dir: str | Path, make_task: Callable[..., Task], resume: bool = False,

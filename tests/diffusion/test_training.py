@@ -9,7 +9,8 @@ import torch
 from rgflow.cli import main
 from rgflow.diffusion import DiffusionModel
 from rgflow.diffusion.sampler import sample_fields
-from rgflow.diffusion.train import EMA, DenoisingLoss, load_diffusion_run
+from rgflow.diffusion.train import EMA, DenoisingLoss
+from rgflow.runs import open_run
 from rgflow.ensemble import FieldBatches, load_ensemble, save_samples
 from rgflow.layout import Layout
 from rgflow.physics import free_field_two_point, make_action
@@ -75,7 +76,7 @@ def test_the_force_target_of_a_gaussian_action_is_zero_and_carries_no_noise(free
 
 
 def _cli_free_field_check(run, weights, nfe=8, n=4096):
-    _, model, _, _ = load_diffusion_run(run, weights=weights)
+    model = open_run(run, "diffusion", weights=weights).model
     x, _ = sample_fields(model, n, nfe, "ode", torch.Generator().manual_seed(11))
     est = estimate_observables(x.double())
     exact_chi = float(free_field_two_point(L, M2).sum())
@@ -139,7 +140,7 @@ def test_sampling_is_deterministic_with_a_seed(free_ensemble, tmp_path):
     run = tmp_path / "run"
     assert main(["diffuse", "train", "--data", str(free_ensemble), "--width", "8", "--depth", "2", "--steps", "3",
                  "--out", str(run)]) == 0
-    _, model, _, _ = load_diffusion_run(run)
+    model = open_run(run, "diffusion").model
     a, _ = sample_fields(model, 8, 9, "sde", torch.Generator().manual_seed(5))
     b, _ = sample_fields(model, 8, 9, "sde", torch.Generator().manual_seed(5))
     c, _ = sample_fields(model, 8, 9, "sde", torch.Generator().manual_seed(6))
@@ -187,7 +188,7 @@ def test_bad_input_is_one_line_exit_2(free_ensemble, tmp_path, capsys):
         (["diffuse", "sample", str(diff_run), "--nfe", "3", "-n", "4", "--weights", "best"], "invalid choice: 'best'"),
         (["diffuse", "sample", str(flow_run), "--nfe", "4", "-n", "4"], "is a flow run, not a diffusion run"),
         (["diffuse", "sample", str(old_run), "--nfe", "4", "-n", "4"], "earlier diffusion format"),
-        (["eval", str(diff_run)], "is a diffusion run, not a lattice flow run"),
+        (["eval", str(diff_run), "--samples", "1"], "--samples must be >= 2"),
         (["sample", str(diff_run), "-n", "3", "--out", str(tmp_path / "x.npz")], "is a diffusion run"),
         (["mcmc", str(diff_run), "--sampler", "latent-hmc"], "a diffusion run supports --sampler imh"),
         (["mcmc", str(diff_run), "--sampler", "imh", "--weights", "best"], "invalid choice: 'best'"),

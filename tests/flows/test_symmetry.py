@@ -7,7 +7,8 @@ import torch
 from rgflow.config import TrainConfig
 from rgflow.flows import AffineCoupling, ConditionerMLP, Z2Conditioner, build_flow, make_block, spline_coupling
 from rgflow.layout import Layout
-from rgflow.train import evaluate, load_run, train
+from rgflow.train import evaluate, train
+from rgflow.runs import open_run
 
 
 def _perturb(module, scale=0.3, seed=2):
@@ -89,7 +90,8 @@ def test_trained_symmetric_flow_has_zero_magnetisation(tmp_path):
     cfg = TrainConfig(action="phi4", L=4, block="affine", symmetric=True, hidden=16, n_couplings=2, steps=300,
                       batch_size=64, eval_every=10**6)
     train(cfg, tmp_path / "run")
-    cfg, flow, _ = load_run(tmp_path / "run")
+    run = open_run(tmp_path / "run", "flow")
+    cfg, flow = run.config, run.model
     res = evaluate(flow, cfg.make_action(), 8192, seed=3)
     m, err = res["observables"]["m"]
     assert abs(m) < 3 * err

@@ -27,8 +27,10 @@ def test_train_writes_a_resumable_run_with_heldout_bits_per_dim(image_run, capsy
     assert len(evals) == 2 and {"heldout_bits_per_dim", "heldout_bits_per_dim_err", "n_test", "epoch"} <= set(evals[0])
     assert 3 < evals[-1]["heldout_bits_per_dim"] < 8
     res = _json(["images", "eval", str(image_run), "--json"], capsys)
-    assert {"bits_per_dim", "bits_per_dim_err", "n_test", "params", "seconds"} <= set(res)
-    assert res["n_test"] == evals[-1]["n_test"] and res["params"] > 1000
+    assert res == {**_json(["eval", str(image_run), "--json"], capsys), "seconds": res["seconds"],
+                   "seconds_per_sample": res["seconds_per_sample"]}  # `images eval` is `rgflow eval`
+    assert {"bits_per_dim", "bits_per_dim_err", "n_test", "n_params", "seconds", "kind", "run"} <= set(res)
+    assert res["kind"] == "images" and res["n_test"] == evals[-1]["n_test"] and res["n_params"] > 1000
     assert res["bits_per_dim"] == pytest.approx(evals[-1]["heldout_bits_per_dim"], abs=5 * res["bits_per_dim_err"])
     assert main(["images", "train", "--out", str(image_run), "--resume", "--steps", "40"]) == 0
     assert json.loads((image_run / "config.json").read_text())["steps"] == 40
@@ -55,7 +57,7 @@ def test_demos_and_eval_work_on_a_lattice_run(tmp_path, capsys):
         res = _json(["images", demo[0], str(run), *demo[1:], "--json"], capsys)
         assert res["kind"] == "lattice" and (run / "figures").is_dir()
     res = _json(["images", "eval", str(run), "--samples", "256", "--json"], capsys)
-    assert res["kind"] == "lattice" and {"ess", "lnZ", "lnZ_err", "pareto_k"} <= set(res)
+    assert res["kind"] == "flow" and {"ess", "lnZ", "lnZ_err", "pareto_k", "n_params"} <= set(res)
 
 
 def test_flat_baseline_has_matched_parameters_and_no_demos(tmp_path, capsys):
@@ -70,7 +72,7 @@ def test_flat_baseline_has_matched_parameters_and_no_demos(tmp_path, capsys):
     from rgflow.images.train import ImageConfig, build_image_model, count_parameters
 
     rg = count_parameters(build_image_model(ImageConfig(data="photo", size=8, steps=1)))
-    assert abs(res["params"] - rg) < 0.1 * rg
+    assert abs(res["n_params"] - rg) < 0.1 * rg
     capsys.readouterr()
     assert main(["images", "mix", str(tmp_path / "f")]) == 2
     assert "the demos need the hierarchical (mera) flow" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import torch
 
 from rgflow.flows import build_flow
 from rgflow.images import ImageFlow, demos
-from rgflow.images.train import ImageConfig, train_images, load_image_run
+from rgflow.images.train import ImageConfig, train_images
+from rgflow.runs import open_run
 from rgflow.layout import Layout
 
 
@@ -82,7 +83,7 @@ def test_effective_radius_of_simple_maps():
 def test_receptive_fields_grow_with_level_on_a_trained_toy(tmp_path):
     cfg = ImageConfig(data="photo", size=8, steps=150, hidden=16, n_couplings=2, eval_every=150, log_every=50)
     train_images(cfg, tmp_path / "run", progress=False)
-    _, model, _ = load_image_run(tmp_path / "run")
+    model = open_run(tmp_path / "run", "images").model
     rf = demos.receptive_fields(model, n=8, generator=torch.Generator().manual_seed(0))
     assert len(rf.radius) == model.layout.n_levels + 1
     bulk = rf.radius[:-1]  # the top latent spans the whole 8x8 lattice like level 2 (saturation at ~3.3)

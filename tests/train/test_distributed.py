@@ -70,9 +70,11 @@ def test_single_process_run_is_rank0_of_the_same_scheme(tmp_path):
 
 def test_batch_must_split_evenly_over_ranks(tmp_path):
     from rgflow.train.distributed import DistContext
-    from rgflow.train.loop import _flow_task, _train
+    from rgflow.train.flow import _flow_task
+    from rgflow.train.checkpoint import FolderLock
+    from rgflow.train.loop import _train
 
     with pytest.raises(ValueError, match="batch_size=7 must be a multiple of the number of processes \\(2\\)"):
         _train(TrainConfig(**{**CFG, "batch_size": 7}), tmp_path / "r", False, False, DistContext(0, 2, 0), "cpu",
-               _flow_task)
+               _flow_task, FolderLock())
     assert not (tmp_path / "r").exists()

@@ -11,7 +11,7 @@ import torch
 
 from rgflow.config import TrainConfig
 from rgflow.train import CheckpointError, load_checkpoint, train
-from rgflow.train import loop as loop_module
+from rgflow.train import flow as flow_module
 from rgflow.train.checkpoint import save_checkpoint
 
 TINY = ["--L", "4", "--block", "affine", "--hidden", "8", "--n-couplings", "2", "--batch-size", "16"]
@@ -77,7 +77,7 @@ def test_signal_writes_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     assert state["step"] > 0
 
 
-class _FlakyLoss(loop_module.ReverseKL):
+class _FlakyLoss(flow_module.ReverseKL):
     """Returns NaN on the calls listed in ``bad``."""
 
     bad: set = set()
@@ -95,7 +95,7 @@ def _tiny_cfg(**kw):
 
 
 def test_nan_steps_are_skipped_and_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "ReverseKL", _FlakyLoss)
+    monkeypatch.setattr(flow_module, "ReverseKL", _FlakyLoss)
     _FlakyLoss.calls, _FlakyLoss.bad = 0, {3, 4, 9}
     summary = train(_tiny_cfg(steps=20, ckpt_every=10), tmp_path / "r")
     assert summary["step"] == 20 and summary["bad_steps"] == 3 and summary["rollbacks"] == 0
@@ -103,7 +103,7 @@ def test_nan_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_persistent_nan_rolls_back_with_smaller_lr(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "ReverseKL", _FlakyLoss)
+    monkeypatch.setattr(flow_module, "ReverseKL", _FlakyLoss)
     _FlakyLoss.calls, _FlakyLoss.bad = 0, set(range(13, 13 + 4))
     summary = train(_tiny_cfg(steps=20, ckpt_every=10, max_bad_steps=4), tmp_path / "r")
     assert summary["rollbacks"] == 1 and summary["step"] == 20
@@ -115,7 +115,7 @@ def test_persistent_nan_rolls_back_with_smaller_lr(tmp_path, monkeypatch):
 
 
 def test_nan_before_any_checkpoint_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "ReverseKL", _FlakyLoss)
+    monkeypatch.setattr(flow_module, "ReverseKL", _FlakyLoss)
     _FlakyLoss.calls, _FlakyLoss.bad = 0, set(range(1, 100))
     with pytest.raises(FloatingPointError, match="consecutive non-finite steps before any checkpoint"):
         train(_tiny_cfg(steps=20, ckpt_every=10, max_bad_steps=3), tmp_path / "r")
@@ -173,7 +173,7 @@ def test_a_run_folder_from_before_symmetrised_flows_still_loads(tmp_path):
     """Config and checkpoint written before the `symmetrize` key existed: an Ising run then held a plain
     flow, and both must be read that way (the checkpoint's config used to resolve to the Z2 mixture
     and be refused as incompatible with its own folder)."""
-    from rgflow.train import load_run
+    from rgflow.runs import open_run
 
     run = tmp_path / "old"
     subprocess.run([sys.executable, "-m", "rgflow", "train", "--action", "ising", "--T", "2.3", *TINY, "--steps", "2",
@@ -184,8 +184,9 @@ def test_a_run_folder_from_before_symmetrised_flows_still_loads(tmp_path):
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     del state["config"]["symmetrize"]
     torch.save(state, run / "checkpoint.pt")
-    cfg, flow, _ = load_run(run)
-    assert cfg.symmetrize is None and hasattr(flow, "layout")
+    opened = open_run(run, "flow")
+    cfg, flow = opened.config, opened.model
+    assert cfg.symmetrize is None and flow.layout is not None
 
 
 def _locked(folder) -> bool:

@@ -7,7 +7,7 @@ from rgflow.flows import build_flow
 from rgflow.flows.symmetrize import SymmetrizedFlow
 from rgflow.flows.transfer import grow_flow
 from rgflow.layout import Layout
-from rgflow.train import load_run
+from rgflow.runs import open_run
 
 
 def _trained_like(L, seed=0, **kw):
@@ -73,7 +73,7 @@ def test_cli_init_from_trains_and_refuses_an_incompatible_run_in_one_line(tmp_pa
     assert main(base + ["--L", "4", "--steps", "3", "--out", str(small)]) == 0
     big = tmp_path / "big"
     assert main(base + ["--L", "8", "--steps", "2", "--init-from", str(small), "--out", str(big)]) == 0
-    cfg, flow, _ = load_run(big)
+    cfg = open_run(big, "flow").config
     assert cfg.init_from == str(small) and cfg.L == 8
     capsys.readouterr()
     bad = tmp_path / "bad"

@@ -8,7 +8,8 @@ from rgflow.config import TrainConfig
 from rgflow.flows import build_flow
 from rgflow.layout import Layout
 from rgflow.physics import make_action
-from rgflow.train import ReverseKL, build_model, evaluate, load_run, train
+from rgflow.train import ReverseKL, build_model, evaluate, train
+from rgflow.runs import open_run
 
 
 def test_untrained_flow_has_vanishing_ess_and_positive_kl(tmp_path):
@@ -51,7 +52,8 @@ def test_path_gradient_has_same_loss_value():
 def _train_and_evaluate(path, n_eval, **overrides):
     cfg = TrainConfig(L=4, block="affine", batch_size=128, eval_every=10**6, seed=0, **overrides)
     train(cfg, path)
-    cfg, flow, _ = load_run(path)
+    run = open_run(path, "flow")
+    cfg, flow = run.config, run.model
     return evaluate(flow, cfg.make_action(), n_eval, seed=1)
 
 

@@ -9,6 +9,8 @@ import json
 import logging
 from pathlib import Path
 
+from rgflow.cli.common import add_eval_arguments, run_eval
+
 __all__ = ["add_parser", "run"]
 
 log = logging.getLogger("rgflow")
@@ -36,12 +38,7 @@ def add_parser(sub, parser_class) -> None:
         tr.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
     add_loop_arguments(tr)
 
-    ev = isub.add_parser("eval", help="held-out bits/dim (image run) or NLL per site and ESS/ln Z (lattice run)")
-    ev.add_argument("run")
-    ev.add_argument("--draws", type=int, default=1, help="dequantisation draws per held-out image")
-    ev.add_argument("--samples", type=int, default=4096, help="lattice run: flow samples for ESS / ln Z")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_eval_arguments(isub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
 
     demos = {
         "sample": "samples with a temperature per level (coarse and fine)",
@@ -83,11 +80,11 @@ _NOT_CONFIG = {"command", "images_command", "out", "resume", "dry_run"}
 
 def _train(args) -> int:
     from rgflow.images.train import ImageConfig, train_images
-    from rgflow.train.loop import resume_config
+    from rgflow.runs import resume_config
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
-        cfg = resume_config(args.out, "images", ImageConfig, options)
+        cfg = resume_config(args.out, "images", options)
     else:
         if "steps" not in options and "minutes" not in options:
             options["minutes"] = 5.0
@@ -119,9 +116,9 @@ def _demo(args) -> tuple[dict, Path]:
 
     from rgflow.images import demos
     from rgflow.images.figures import image_grid, receptive_field_figure
-    from rgflow.images.runs import open_run
+    from rgflow.images.runs import open_demo_run
 
-    run = open_run(args.run, seed=args.seed)
+    run = open_demo_run(args.run, seed=args.seed)
     model, layout = run.model, run.model.layout
     if layout is None or layout.kind != "mera":
         raise ValueError(f"{args.run} is a flat-flow run: the demos need the hierarchical (mera) flow")
@@ -217,19 +214,7 @@ def run(args) -> int:
     if cmd == "train":
         return _train(args)
     if cmd == "eval":
-        from rgflow.images.runs import evaluate_run
-
-        res = evaluate_run(args.run, args.seed, args.draws, args.samples)
-        if args.json:
-            print(json.dumps(res))
-        elif res["kind"] == "images":
-            print(f"{args.run}: {res['bits_per_dim']:.4f} +- {res['bits_per_dim_err']:.4f} bits/dim on "
-                  f"{res['n_test']} held-out {res['data']} images ({res['params']} parameters, {res['seconds']:.1f} s)")
-        else:
-            nll = f"held-out NLL/site {res['nll_per_site']:.4f} +- {res['nll_per_site_err']:.4f}, " if "nll_per_site" in res else ""
-            print(f"{args.run}: {nll}ESS {res['ess']:.4f}, ln Z {res['lnZ']:.4f} +- {res['lnZ_err']:.4f}, "
-                  f"Pareto k {res['pareto_k']:.2f}")
-        return 0
+        return run_eval(args)
     res, path = _demo(args)
     if args.json:
         print(json.dumps(res))

@@ -1,10 +1,11 @@
-"""``rgflow diffuse {train,eval,sample}``: builds a config, calls plain functions (:mod:`rgflow.cli` style)."""
+"""``rgflow diffuse {train,eval,sample}``: builds a config, calls plain functions (``eval`` is ``rgflow eval``)."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
 
+from rgflow.cli.common import add_eval_arguments, run_eval
 from rgflow.diffusion.sampler import cost_of, steps_for_nfe
 
 __all__ = ["add_parser", "run"]
@@ -46,13 +47,7 @@ def add_parser(sub, parser_class) -> None:
                     help="no random lattice shifts, rotations, reflections and sign flips of the training fields")
     add_loop_arguments(tr)
     weights_help = "ema (default): the moving average of the weights; raw: the last trained weights"
-    ev = dsub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables from the exact density")
-    ev.add_argument("run")
-    ev.add_argument("--nfe", type=int, default=16, help="network evaluations per stage of the deterministic sampler")
-    ev.add_argument("--samples", type=int, default=1024)
-    ev.add_argument("--weights", choices=list(WEIGHTS), default="ema", help=weights_help)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (keys of rgflow eval)")
+    add_eval_arguments(dsub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
     sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
     sa.add_argument("run")
     sa.add_argument("--nfe", type=int, required=True, help="network evaluations per stage (the one knob)")
@@ -80,33 +75,15 @@ def _levels(text: str) -> int:
     return k
 
 
-def _eval(args) -> int:
-    from rgflow.cli import _format_eval
-    from rgflow.diffusion.train import load_diffusion_run
-    from rgflow.train.diagnostics import evaluate
-
-    if args.samples < 2:
-        raise ValueError(f"--samples must be >= 2, got {args.samples}")
-    steps_for_nfe(args.nfe, "ode")
-    cfg, model, action, _ = load_diffusion_run(args.run, nfe=args.nfe, weights=args.weights)
-    t0 = time.perf_counter()
-    res = evaluate(model, action, args.samples, seed=args.seed)
-    seconds = time.perf_counter() - t0
-    res.update(**cost_of(model, args.nfe), seconds=seconds, seconds_per_sample=seconds / args.samples,
-               levels=cfg.levels, schedule=cfg.noise_schedule, weights=args.weights)
-    print(json.dumps(res) if args.json else _format_eval(res))
-    return 0
-
-
 def _train(args) -> int:
     import logging
 
-    from rgflow.diffusion.train import DiffusionConfig, config_for_ensemble, train_diffusion
-    from rgflow.train.loop import resume_config
+    from rgflow.diffusion.train import config_for_ensemble, train_diffusion
+    from rgflow.runs import resume_config
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
-        cfg = resume_config(args.out, "diffusion", DiffusionConfig, options)
+        cfg = resume_config(args.out, "diffusion", options)
     else:
         if "data" not in options:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
@@ -125,8 +102,8 @@ def _sample(args) -> int:
     import torch
 
     from rgflow.diffusion.sampler import sample_fields
-    from rgflow.diffusion.train import load_diffusion_run
     from rgflow.ensemble import check_npz_path, save_samples
+    from rgflow.runs import open_run
     from rgflow.physics.observables import estimate_observables
     from rgflow.stats import format_value_error as fmt
 
@@ -136,7 +113,8 @@ def _sample(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     out = check_npz_path(args.out) if args.out else None
-    cfg, model, action, _ = load_diffusion_run(args.run, weights=args.weights)
+    run = open_run(args.run, "diffusion", weights=args.weights)
+    cfg, model, action = run.config, run.model, run.action
     gen = torch.Generator(device=cfg.device).manual_seed(args.seed)
     t0 = time.perf_counter()
     x, nfe = sample_fields(model, args.n, args.nfe, args.sampler, gen, args.batch_size)
@@ -164,6 +142,6 @@ def run(args) -> int:
     if args.diffuse_command == "train":
         return _train(args)
     if args.diffuse_command == "eval":
-        return _eval(args)
+        return run_eval(args)
     return _sample(args)
 

@@ -1,7 +1,8 @@
 """``rgflow`` command line: builds a config and calls plain functions; nothing else.
 
-Subcommands: ``train``, ``eval``, ``sample``, ``mcmc``, ``diffuse`` (:mod:`rgflow.diffusion.cli`), ``probe``
-(:mod:`rgflow.holography.cli`), ``images`` (:mod:`rgflow.images.cli`), ``demo``. Each is also a Python function
+Subcommands: ``train``, ``eval`` (every kind of run), ``sample``, ``mcmc``, ``diffuse``
+(:mod:`rgflow.cli.diffuse`), ``probe`` (:mod:`rgflow.cli.probe`), ``images`` (:mod:`rgflow.cli.images`),
+``demo``. Each is also a Python function
 (:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
 :func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
@@ -14,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rgflow.cli.common import Parser, add_eval_arguments, run_eval
 from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml, normalize_keys
 from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
 from rgflow.flows.priors import PRIOR_KINDS
@@ -22,13 +24,6 @@ from rgflow.physics.models import ACTION_PARAMS
 __all__ = ["main", "build_parser", "config_from_args", "sample_run"]
 
 log = logging.getLogger("rgflow")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit code 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _DeprecatedFlag(argparse.Action):
@@ -121,14 +116,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rgflow", description="The renormalization group as a learned bijection.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="rgflow", description="The renormalization group as a learned bijection.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _train_arguments(sub.add_parser("train", help="train a flow by reverse KL from an action"))
-    ev = sub.add_parser("eval", help="ESS, ln Z, F_var, IMH acceptance and observables of a trained run")
-    ev.add_argument("run")
-    ev.add_argument("--samples", type=int, default=16384)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_eval_arguments(sub.add_parser("eval", help="evaluate a run of any kind: ESS, ln Z, F_var, IMH acceptance and "
+                                                   "observables (flow, diffusion), held-out bits/dim (images)"))
     sa = sub.add_parser("sample", help="draw samples from a trained run into an .npz file")
     sa.add_argument("run")
     sa.add_argument("-n", type=int, required=True, help="number of samples")
@@ -158,15 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--save-every", type=int, default=10,
                     help="with --out, keep every K-th configuration of every chain in the .npz (0: none)")
     _physics_arguments(mc)
-    from rgflow.diffusion.cli import add_parser as add_diffuse_parser
+    from rgflow.cli.diffuse import add_parser as add_diffuse_parser
 
-    add_diffuse_parser(sub, _Parser)
-    from rgflow.holography.cli import add_parser as add_probe_parser
+    add_diffuse_parser(sub, Parser)
+    from rgflow.cli.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub)
-    from rgflow.images.cli import add_parser as add_images_parser
+    from rgflow.cli.images import add_parser as add_images_parser
 
-    add_images_parser(sub, _Parser)
+    add_images_parser(sub, Parser)
     de = sub.add_parser("demo", help="the main job: train phi^4 8x8 and write a report with a figure")
     de.add_argument("--out", default=None, help="run folder (default: next free runs/demo-N)")
     de.add_argument("--minutes", type=float, default=4.0, help="training budget")
@@ -181,13 +173,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- run folder (with --resume) <- TOML file <- command-line flags."""
     data: dict = {}
     if args.resume:
-        from rgflow.train.loop import read_run_config
+        from rgflow.runs import read_config
 
         cfg_path = Path(args.out) / "config.json"
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {args.out} is not a run folder (no config.json)")
-        data.update(read_run_config(args.out))
-        kind = data.pop("kind", "flow")
+        data.update(read_config(args.out))
+        kind = data.pop("kind")
         if kind != "flow":
             tool = "diffuse" if kind == "diffusion" else kind
             raise ValueError(f"cannot resume: {args.out} is a {kind} run; use `rgflow {tool} train --resume`")
@@ -223,39 +215,19 @@ def _physics_of_ensemble(data: dict, params: dict, flags: dict) -> dict:
     return dict(ens.action.params)
 
 
-def _format_eval(res: dict) -> str:
-    from rgflow.stats import format_value_error as fmt
-
-    lines = [
-        f"{res['action']} {res['params']}  L={res['L']}  N={res['n_samples']}",
-        f"  ESS/N            {res['ess']:.4f}",
-        f"  IMH acceptance   {res['imh_acceptance']:.4f}",
-        f"  ln Z             {fmt(res['lnZ'], res['lnZ_err'])}" + (f"   exact {res['lnZ_exact']:.6f}" if "lnZ_exact" in res else ""),
-        *(f"    WARNING: {w}" for w in res.get("lnZ_warnings", [])),
-        f"  Pareto k         {res['pareto_k']:.3f}",
-        f"  F_var            {fmt(res['f_variational'], res['f_variational_err'])}"
-        + (f"   KL(q||p) = {res['kl']:.4f}" if "kl" in res else ""),
-        f"  {'observable':<10} {'reweighted':>16} {'IMH':>16} {'tau_int(IMH)':>14}",
-    ]
-    for name, (v, e) in res["observables"].items():
-        vi, ei = res["observables_imh"][name]
-        tau = res["tau_int_imh"].get(name)
-        lines.append(f"  {name:<10} {fmt(v, e):>16} {fmt(vi, ei):>16} {fmt(*tau) if tau else '':>14}")
-    return "\n".join(lines)
-
-
 def sample_run(run: str, n: int, out: str, seed: int = 0) -> Path:
     """Draw ``n`` samples of a trained run into ``out`` (see :func:`rgflow.ensemble.save_flow_samples`)."""
     import torch
 
     from rgflow.ensemble import check_npz_path, save_flow_samples
-    from rgflow.train import draw, load_run
+    from rgflow.runs import open_run
+    from rgflow.train import draw
 
     if n < 1:
         raise ValueError(f"-n (number of samples) must be a positive integer, got {n}")
     check_npz_path(out)
-    cfg, flow, state = load_run(run)
-    action = cfg.make_action()
+    opened = open_run(run, "flow")
+    cfg, flow, state, action = opened.config, opened.model, opened.state, opened.action
     x, log_q, S = draw(flow, action, n, generator=torch.Generator(device=cfg.device).manual_seed(seed))
     return save_flow_samples(out, x, log_q, S, action, cfg.L, int(state["step"]))
 
@@ -265,27 +237,19 @@ def _mcmc(args: argparse.Namespace) -> int:
     from rgflow.ensemble import check_npz_path, save_chain
     from rgflow.mcmc.run import plot_autocorrelation, run_sampler, summarize
     from rgflow.physics.models import make_action
+    from rgflow.runs import open_run
     from rgflow.stats import format_value_error as fmt
-    from rgflow.train import load_run
 
     physics = {k: v for k, v in vars(args).items() if k == "action" or k == "L" or k in COUPLING_NAMES}
     flow = None
     if args.run:
         if physics:
             raise ValueError(f"--{next(iter(physics))} cannot be combined with a run folder: the run fixes the physics")
-        from rgflow.train.loop import read_run_config
-
-        if read_run_config(args.run).get("kind", "flow") == "diffusion":
-            from rgflow.diffusion.train import load_diffusion_run
-
-            if args.sampler != "imh":
-                raise ValueError(f"--sampler {args.sampler} needs a flow run; a diffusion run supports --sampler imh "
-                                 "(independent proposals from the PF-ODE sampler with exact density)")
-            cfg, flow, action, _ = load_diffusion_run(args.run, device=args.device, nfe=args.nfe, weights=args.weights)
-        else:
-            cfg, flow, _ = load_run(args.run, device=args.device)
-            action = cfg.make_action()
-        L = cfg.L
+        run = open_run(args.run, ("flow", "diffusion"), device=args.device, nfe=args.nfe, weights=args.weights)
+        if run.kind == "diffusion" and args.sampler != "imh":
+            raise ValueError(f"--sampler {args.sampler} needs a flow run; a diffusion run supports --sampler imh "
+                             "(independent proposals from the probability-flow sampler with exact density)")
+        flow, action, L = run.model, run.action, run.config.L
     else:
         action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
         L = physics.get("L", 8)
@@ -332,9 +296,9 @@ def _discard_argument(value: str, n: int) -> int | str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rgflow.train import evaluate, load_run, train
-
     if args.command == "train":
+        from rgflow.train import train
+
         cfg = config_from_args(args)
         if args.dry_run:
             print(json.dumps(cfg.to_dict(), indent=2))
@@ -343,12 +307,7 @@ def _run(args: argparse.Namespace) -> int:
         log.info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
         return 0
     if args.command == "eval":
-        if args.samples < 2:
-            raise ValueError(f"--samples must be >= 2, got {args.samples}")
-        cfg, flow, _ = load_run(args.run)
-        res = evaluate(flow, cfg.make_action(), args.samples, seed=args.seed)
-        print(json.dumps(res) if args.json else _format_eval(res))
-        return 0
+        return run_eval(args)
     if args.command == "sample":
         path = sample_run(args.run, args.n, args.out, args.seed)
         log.info("wrote %d samples to %s", args.n, path)
@@ -356,15 +315,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "mcmc":
         return _mcmc(args)
     if args.command == "probe":
-        from rgflow.holography.cli import run as run_probe
+        from rgflow.cli.probe import run as run_probe
 
         return run_probe(args)
     if args.command == "diffuse":
-        from rgflow.diffusion.cli import run as run_diffuse
+        from rgflow.cli.diffuse import run as run_diffuse
 
         return run_diffuse(args)
     if args.command == "images":
-        from rgflow.images.cli import run as run_images
+        from rgflow.cli.images import run as run_images
 
         return run_images(args)
     if args.command == "demo":
