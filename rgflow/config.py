@@ -6,8 +6,8 @@ Physics couplings (the table ``params``) use the names of the action formulas (`
 TOML file they may also stand at the top level (``lam = 6``), like the flags. Flow defaults come
 from :mod:`rgflow.defaults`, the same ones :func:`rgflow.flows.build_flow` uses.
 
-Renamed keys (read with a deprecation warning): ``couplings`` as the physics table is now
-``params``; ``couplings = K`` (a number) is ``n_couplings``.
+Run folders written by older versions are read through :func:`migrate_config`, the one place
+that knows their old key names.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from pathlib import Path
 
-from rgflow.defaults import FLOW_DEFAULTS, deprecated, spline_range
+from rgflow.defaults import FLOW_DEFAULTS, spline_range
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
 from rgflow.physics.models import ACTION_PARAMS, Action, make_action
@@ -116,9 +116,9 @@ class LoopConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict, warn: bool = True):
-        """Build from a dict (TOML, flags, ``config.json``); see :func:`normalize_keys`."""
-        data = normalize_keys(data, warn)
+    def from_dict(cls, data: dict):
+        """Build from a dict (TOML, flags, a migrated ``config.json``); see :func:`normalize_keys`."""
+        data = normalize_keys(data)
         names = {f.name for f in fields(cls)}
         if "params" not in names and not data.get("params"):
             data.pop("params", None)
@@ -253,33 +253,19 @@ def migrate_config(data: dict) -> dict:
     data.setdefault("kind", "flow")
     if data["kind"] == "flow":
         data.setdefault("symmetrize", None)
+        if data.get("schedule") in ("cosine", "constant"):  # the learning-rate schedule's first name
+            data["lr_schedule"] = data.pop("schedule")
+        old = data.pop("couplings", None)  # first the physics table, then the number of coupling layers
+        if isinstance(old, dict):
+            data["params"] = {**old, **(data.get("params") or {})}
+        elif isinstance(old, int) and not isinstance(old, bool):
+            data.setdefault("n_couplings", old)
     return data
 
 
-def normalize_keys(data: dict, warn: bool = True) -> dict:
-    """Map old key names to current ones and gather flat physics couplings into ``params``.
-
-    ``couplings`` as a table is the old name of ``params`` and as a number that of
-    ``n_couplings`` (a deprecation warning is logged unless ``warn=False``, which loading run
-    folders written by older versions uses). Flat keys ``m2 = -4`` join the ``params`` table.
-    """
+def normalize_keys(data: dict) -> dict:
+    """Gather flat physics couplings (``m2 = -4``, as the flags spell them) into the ``params`` table."""
     data = dict(data)
-    if data.get("schedule") in ("cosine", "constant"):  # the learning-rate schedule's old name
-        if warn:
-            deprecated("'schedule' for the learning-rate schedule", "'lr_schedule' (--lr-schedule)")
-        data["lr_schedule"] = data.pop("schedule")
-    if "couplings" in data:
-        old = data.pop("couplings")
-        if isinstance(old, dict):
-            if warn:
-                deprecated("the physics table 'couplings'", "'params' (or flat keys such as lam = 6)")
-            data["params"] = {**old, **(data.get("params") or {})}
-        elif isinstance(old, int) and not isinstance(old, bool):
-            if warn:
-                deprecated("'couplings' for the number of coupling layers", "'n_couplings'")
-            data.setdefault("n_couplings", old)
-        else:
-            raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got couplings={old!r}")
     params = data.pop("params", None) or {}
     if not isinstance(params, dict):
         raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {params!r}")

@@ -8,9 +8,7 @@ physics couplings of the action (``m2``, ``lam``, ...).
 """
 from __future__ import annotations
 
-import logging
-
-__all__ = ["FLOW_DEFAULTS", "spline_range", "deprecated"]
+__all__ = ["FLOW_DEFAULTS", "spline_range"]
 
 #: Defaults of the flow's architecture (the spline range depends on the action: :func:`spline_range`).
 FLOW_DEFAULTS = {
@@ -33,8 +31,3 @@ def spline_range(action: str | None = None) -> tuple[int, float]:
     on [-10, 10]).
     """
     return (12, 10.0) if action == "ising" else (8, 6.0)
-
-
-def deprecated(old: str, new: str) -> None:
-    """Log (once per call site) that ``old`` is deprecated in favour of ``new``."""
-    logging.getLogger("rgflow").warning("rgflow: %s is deprecated; use %s (it will be removed)", old, new)

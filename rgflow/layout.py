@@ -31,8 +31,6 @@ from dataclasses import dataclass
 
 import torch
 
-from rgflow.defaults import deprecated
-
 __all__ = ["Layout", "Sublayer"]
 
 
@@ -58,7 +56,6 @@ class Layout:
             (:attr:`n_levels`) is how often ``L`` halves while staying a multiple of ``block_size``:
             ``L = b 2^n`` gives ``n + 1`` levels and one top site for ``b = 2``.
         block_size: block side ``b`` (even, >= 2). Default 2 (NeuralRG); RG-Flow uses 4.
-            (``block=`` is the deprecated name of this argument.)
         kind: ``"mera"`` (default) or ``"tebd"`` (no decimation).
         depth: MERA: at most this many levels (truncation; remaining sites are top latents).
             TEBD: the number of levels (required).
@@ -68,11 +65,7 @@ class Layout:
         ValueError: naming the bad argument and the allowed values.
     """
 
-    def __init__(self, L: int, block_size: int = 2, kind: str = "mera", depth: int | None = None, repeats: int = 1,
-                 *, block: int | None = None):
-        if block is not None:
-            deprecated("Layout(block=...)", "Layout(block_size=...)")
-            block_size = block
+    def __init__(self, L: int, block_size: int = 2, kind: str = "mera", depth: int | None = None, repeats: int = 1):
         block = block_size
         if isinstance(block, bool) or not isinstance(block, int) or block < 2 or block % 2:
             raise ValueError(f"block_size={block!r} is not allowed: block_size must be an even integer >= 2 (e.g. 2 or 4)")
@@ -141,12 +134,6 @@ class Layout:
     def block_sites(self) -> int:
         """Sites per block, ``b * b``."""
         return self.block_size * self.block_size
-
-    @property
-    def block(self) -> int:
-        """Deprecated name of :attr:`block_size` (the block side ``b``)."""
-        deprecated("Layout.block", "Layout.block_size")
-        return self.block_size
 
     @property
     def translation_period(self) -> int:

@@ -104,7 +104,7 @@ def open_run(run_dir: str | Path, kind: str | tuple[str, ...] | None = None, dev
     found = data.pop("kind")
     _expect(run_dir, found, kind)
     fam = family(found)
-    cfg = fam.config_cls.from_dict(data, warn=False)
+    cfg = fam.config_cls.from_dict(data)
     if device is not None:
         cfg.device = device
     ckpt = latest_checkpoint(run_dir)
@@ -126,4 +126,4 @@ def resume_config(run_dir: str | Path, kind: str, overrides: dict):
     if found != kind:
         raise RunFolderError(f"cannot resume: {run_dir} is a {found} run, not a {kind} run; "
                              f"use `{family(found).tool} --resume` for it")
-    return family(kind).config_cls.from_dict({**data, **overrides}, warn=False)
+    return family(kind).config_cls.from_dict({**data, **overrides})

@@ -1,6 +1,5 @@
 """One set of defaults and one name per concept: the Python API, the config and the CLI agree."""
 import json
-import logging
 
 import pytest
 import torch
@@ -36,46 +35,43 @@ def test_build_flow_defaults_equal_the_training_config(action, spline):
     assert isinstance(api.prior.log_scale, torch.nn.Parameter)  # learned level scales, as in the CLI
 
 
-def test_block_size_means_the_block_side_everywhere(caplog):
+def test_block_size_means_the_block_side_everywhere():
     layout = Layout(16, block_size=4)
     assert layout.block_size == 4 and layout.block_sites == 16
     assert TrainConfig(L=16, block_size=4, steps=1).block_size == layout.block_size
-    with caplog.at_level(logging.WARNING, logger="rgflow"):
-        old = Layout(16, block=4)
-        assert old.block_size == 4 and old.block == 4
-    assert "Layout(block=...) is deprecated" in caplog.text and "Layout.block is deprecated" in caplog.text
 
 
-def test_old_names_still_work_with_a_deprecation_message(caplog):
-    with caplog.at_level(logging.WARNING, logger="rgflow"):
-        a = make_block("affine", 2, couplings=3)
-        f = build_flow(Layout(4), couplings=2)
-    assert len(a._transforms) == 3 and len(f.sublayers[0].transform._transforms) == 2
-    assert "make_block(couplings=...) is deprecated" in caplog.text
-    assert "build_flow(couplings=...) is deprecated" in caplog.text
+def test_the_old_names_are_gone_from_the_api_the_flags_and_toml(tmp_path, capsys):
+    """One name per concept: `block=`, `couplings=`, `--couplings` and train's `--schedule` were removed;
+    old run folders still load (their config is migrated in one place, rgflow.config.migrate_config)."""
+    with pytest.raises(TypeError):
+        Layout(16, block=4)
+    with pytest.raises(TypeError):
+        make_block("affine", 2, couplings=3)
+    with pytest.raises(TypeError):
+        build_flow(Layout(4), couplings=2)
+    for flag in (["--couplings", "3"], ["--schedule", "constant"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", *flag, "--steps", "1", "--out", str(tmp_path / "r"), "--dry-run"])
+        assert exc.value.code == 2
+    old = tmp_path / "old.toml"
+    old.write_text('action = "phi4"\ncouplings = 6\nsteps = 3\n')
+    capsys.readouterr()
+    assert main(["train", "--config", str(old), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "unknown config key(s) couplings" in capsys.readouterr().err
 
 
-def test_toml_keys_are_the_flags(tmp_path, capsys, caplog):
-    """`n_couplings = 6` and flat couplings work in TOML as the flags do; the old `couplings = 6`
-    and `[couplings]` table still work, with a deprecation message."""
+def test_toml_keys_are_the_flags(tmp_path, capsys):
+    """`n_couplings = 6` and flat couplings work in TOML as the flags do."""
     toml = tmp_path / "new.toml"
     toml.write_text('action = "phi4"\nlam = 6.0\nn_couplings = 6\nsteps = 3\n')
     assert main(["train", "--config", str(toml), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["n_couplings"] == 6 and cfg["params"] == {"m2": -4.0, "lam": 6.0}
-    old = tmp_path / "old.toml"
-    old.write_text('action = "phi4"\ncouplings = 6\nsteps = 3\n[params]\nlam = 5.0\n')
-    with caplog.at_level(logging.WARNING, logger="rgflow"):
-        assert main(["train", "--config", str(old), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
-    cfg = json.loads(capsys.readouterr().out)
-    assert cfg["n_couplings"] == 6 and cfg["params"]["lam"] == 5.0
-    assert "'couplings' for the number of coupling layers is deprecated" in caplog.text
     table = tmp_path / "table.toml"
-    table.write_text('action = "phi4"\nsteps = 3\n[couplings]\nlam = 4.0\n')
+    table.write_text('action = "phi4"\nsteps = 3\n[params]\nlam = 4.0\n')
     assert main(["train", "--config", str(table), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["params"]["lam"] == 4.0
-    assert main(["train", "--couplings", "3", "--steps", "1", "--out", str(tmp_path / "r"), "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["n_couplings"] == 3
 
 
 def test_checkpoint_of_an_older_version_loads(tmp_path):

@@ -20,7 +20,7 @@ def test_depth_truncation():
     assert layout.n_levels == 2
 
 
-@pytest.mark.parametrize("args", [dict(L=8), dict(L=16, block=4), dict(L=8, repeats=2), dict(L=8, kind="tebd", depth=3)])
+@pytest.mark.parametrize("args", [dict(L=8), dict(L=16, block_size=4), dict(L=8, repeats=2), dict(L=8, kind="tebd", depth=3)])
 def test_every_sublayer_covers_its_sublattice_once(args):
     layout = Layout(**args)
     for sub in layout.sublayers:
@@ -76,10 +76,10 @@ def test_tebd_has_no_decimation():
     "kwargs,match",
     [
         (dict(L=7), "L=7 is not allowed for block_size=2"),
-        (dict(L=2, block=4), "L=2 is not allowed for block_size=4"),
+        (dict(L=2, block_size=4), "L=2 is not allowed for block_size=4"),
         (dict(L=0), "L=0"),
         (dict(L=8.0), "L=8.0"),
-        (dict(L=8, block=3), "block_size=3"),
+        (dict(L=8, block_size=3), "block_size=3"),
         (dict(L=8, kind="peps"), "kind='peps'"),
         (dict(L=8, kind="tebd"), "depth is required"),
         (dict(L=8, depth=0), "depth=0"),

@@ -26,16 +26,6 @@ __all__ = ["main", "build_parser", "config_from_args", "sample_run"]
 log = logging.getLogger("rgflow")
 
 
-class _DeprecatedFlag(argparse.Action):
-    """Store like the flag it aliases, and say which name to use instead."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from rgflow.defaults import deprecated
-
-        deprecated(option_string, "--" + self.dest.replace("_", "-"))
-        setattr(namespace, self.dest, values)
-
-
 def _physics_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # only flags that were given override the TOML file and the defaults
     phys = p.add_argument_group("physics (names as in the action formulas)")
@@ -54,8 +44,6 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                       help="block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice)")
     flow.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side b (even)")
     flow.add_argument("--n-couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
-    flow.add_argument("--couplings", dest="n_couplings", type=int, default=S, action=_DeprecatedFlag,
-                      help="deprecated name of --n-couplings")
     flow.add_argument("--hidden", type=int, default=S, help="conditioner width")
     flow.add_argument("--layers", type=int, default=S, help="conditioner hidden layers")
     flow.add_argument("--repeats", type=int, default=S, help="disentangler/decimator pairs per level")
@@ -84,8 +72,6 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--optimizer", choices=["adam", "adamw"], default=S)
     opt.add_argument("--lr-schedule", dest="lr_schedule", choices=["cosine", "constant"], default=S,
                      help="learning-rate schedule")
-    opt.add_argument("--schedule", dest="lr_schedule", choices=["cosine", "constant"], default=S,
-                     action=_DeprecatedFlag, help="deprecated name of --lr-schedule")
     opt.add_argument("--grad-clip", dest="grad_clip", type=float, default=S)
     opt.add_argument("--path-gradient", dest="path_gradient", action="store_true", default=S)
     opt.add_argument("--dtype", choices=["float32", "float64"], default=S)
@@ -185,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"cannot resume: {args.out} is a {kind} run; use `rgflow {tool} train --resume`")
     if args.config:
         data.update(load_toml(args.config))
-    data = normalize_keys(data, warn=not args.resume or bool(args.config))
+    data = normalize_keys(data)
     flags = normalize_keys({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     params = {**data.pop("params"), **flags.pop("params")}
     data.update(flags)

@@ -77,13 +77,13 @@ class DiffusionConfig(LoopConfig):
     OLD_KEYS: ClassVar[frozenset[str]] = frozenset({"delta", "level_scale", "net_space", "ema", "logsnr_max", "logsnr_min"})
 
     @classmethod
-    def from_dict(cls, data: dict, warn: bool = True):
+    def from_dict(cls, data: dict):
         old = sorted(cls.OLD_KEYS & set(data))
         if old:
             raise ValueError(f"this diffusion run was written in rgflow's earlier diffusion format (keys {', '.join(old)}: "
                              "Haar coordinates with per-level scales), which this version cannot sample; retrain it with "
                              "`rgflow diffuse train --data ...`")
-        return super().from_dict(data, warn)
+        return super().from_dict(data)
 
     def __post_init__(self):
         if self.levels is None:
@@ -304,7 +304,7 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
     P = power_spectrum(fields[train_idx], average_channels=C > 1) if cfg.coords == "field" else None
     model = build_model(cfg, P, C, device).to(device=device, dtype=dtype)
     gen = torch.Generator(device=device).manual_seed(sampler_seed(cfg.seed, ctx.rank))
-    batches = FieldBatches(fields[train_idx], gen, shift=cfg.augment, sign=cfg.augment and ens.action.sign_symmetric)
+    batches = FieldBatches(fields[train_idx], gen, shift=cfg.augment, sign=cfg.augment)
     draw = _augment_d4(batches, gen) if cfg.augment else batches
     pool = None
     if cfg.coords != "field":
@@ -384,5 +384,4 @@ def config_for_ensemble(data: str, **options) -> DiffusionConfig:
 
     ens = load_ensemble(data)
     Layout(ens.L)  # the Haar hierarchy (block size 2) must fit the ensemble's lattice
-    options.setdefault("odd", bool(ens.action.sign_symmetric))
     return DiffusionConfig(data=str(data), action=ens.action.name, params=dict(ens.action.params), L=ens.L, **options)

@@ -23,7 +23,7 @@ from nflows.transforms.coupling import CouplingTransform, PiecewiseRationalQuadr
 from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
 from torch import nn
 
-from rgflow.defaults import deprecated, spline_range
+from rgflow.defaults import spline_range
 from rgflow.flows.base import block_map
 from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
 
@@ -267,8 +267,6 @@ def make_block(
     symmetry: str | None = None,
     ode_method: str = "rk4",
     ode_steps: int = 8,
-    *,
-    couplings: int | None = None,
 ) -> Transform:
     """A block bijection on ``[N, channels * block_size^2]``.
 
@@ -277,7 +275,7 @@ def make_block(
             Haar map of :mod:`rgflow.flows.haar`; decimators only, other arguments ignored).
         block_size: block side ``b``; channels: field components ``C``.
         n_couplings: number of coupling layers (masks alternate, see :func:`block_masks`); for
-            ``"ode"`` the number of stacked ODE blocks. (``couplings=`` is its deprecated name.)
+            ``"ode"`` the number of stacked ODE blocks.
         hidden, layers: conditioner / velocity MLP width and depth.
         num_bins, tail_bound: spline parameters (``kind="spline"``; default
             :func:`rgflow.defaults.spline_range`, 8 bins on ``[-6, 6]``).
@@ -290,9 +288,6 @@ def make_block(
         from rgflow.flows.haar import HaarBlock
 
         return HaarBlock(block_size, channels)
-    if couplings is not None:
-        deprecated("make_block(couplings=...)", "make_block(n_couplings=...)")
-        n_couplings = couplings
     default_bins, default_bound = spline_range()
     num_bins = default_bins if num_bins is None else num_bins
     tail_bound = default_bound if tail_bound is None else tail_bound

@@ -14,7 +14,7 @@ import torch
 from nflows.transforms.base import Transform
 from torch import nn
 
-from rgflow.defaults import FLOW_DEFAULTS, deprecated
+from rgflow.defaults import FLOW_DEFAULTS
 from rgflow.density import Density
 from rgflow.flows.base import BlockSublayer
 from rgflow.flows.couplings import make_block
@@ -143,7 +143,6 @@ def build_flow(
     prior: str = FLOW_DEFAULTS["prior"],
     learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"],
     *,
-    couplings: int | None = None,
     ode_levels: str | None = None,
     **block_kwargs,
 ) -> RGFlow:
@@ -163,9 +162,6 @@ def build_flow(
     With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
-    if couplings is not None:
-        deprecated("build_flow(couplings=...)", "build_flow(n_couplings=...)")
-        n_couplings = couplings
     u1 = block_kwargs.get("symmetry") == "u1"
     if u1 and prior != "normal":
         raise ValueError(f"prior={prior!r} is not allowed with symmetry='u1' (not rotation invariant); allowed: 'normal'")

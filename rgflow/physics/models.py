@@ -61,11 +61,6 @@ class Action:
         field gives a non-finite action instead of an error)."""
         return _FUNCTIONS[self.name](phi, **self.params, check=False)
 
-    @property
-    def sign_symmetric(self) -> bool:
-        """``S(-phi) = S(phi)`` (for the complex field a rotation by pi): every model here."""
-        return self.name in ACTION_PARAMS
-
     def local_form(self) -> tuple[float, float, float] | None:
         """Coefficients ``(a, b, c)`` of the terms of ``S`` that involve one site ``x``:
 

@@ -90,7 +90,7 @@ def _resolved_config(path: Path, saved: dict, config_cls) -> dict:
         data = {k: v for k, v in migrate_config(saved).items() if k not in ("steps", "minutes", "kind")}
         if "kind" in saved:
             data["kind"] = saved["kind"]
-        return config_cls.from_dict({**data, "steps": 1}, warn=False).to_dict()
+        return config_cls.from_dict({**data, "steps": 1}).to_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint holds an unreadable config ({exc})") from None
 
