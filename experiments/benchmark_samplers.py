@@ -78,7 +78,7 @@ def binder_scan(Ls=(16, 32), kappas=KAPPAS, n: int = 4000, chains: int = 32, see
             res = run_sampler("local", action, L, n, chains, seed, warmup=warmup)
             for cut, discard in (("auto", "auto"), ("half", n // 2)):
                 est = summarize(res, action, L, discard=discard)
-                rows[cut].append([k, *est["observables"]["binder"], est["tau_int"]["abs_m"][0], est["n_discarded"],
+                rows[cut].append([k, *est["observables"]["binder"], est["tau_int"]["abs_m"][0], est["n_discarded_per_chain"],
                                   est["thermalized"]])
             a = rows["auto"][-1]
             print(f"L={L} kappa={k}: U4 = {format_value_error(a[1], a[2])} (half cut: "

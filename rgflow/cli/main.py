@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--warmup", type=int, default=200, help="unrecorded steps that tune the step size")
     mc.add_argument("--discard", default="auto",
                     help="recorded steps per chain dropped as thermalisation: an integer, or auto "
-                         "(10 tau_int, at most a quarter of the chain); reported as n_discarded")
+                         "(10 tau_int, at most a quarter of the chain); reported as n_discarded_per_chain (n_discarded: all chains)")
     mc.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory (hmc, latent-hmc)")
     mc.add_argument("--step-size", dest="step_size", type=float, default=None,
                     help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
@@ -256,7 +256,7 @@ def _mcmc(args: argparse.Namespace) -> int:
           f"acceptance {summary['acceptance']:.3f}, {summary['seconds_per_step'] * 1e3:.3f} ms and "
           f"{summary['grad_evals_per_step']:g} gradients per step"
           + (f", {summary['divergences']} divergent trajectories rejected" if summary["divergences"] else ""))
-    print(f"  {summary['n_used']} of {summary['n_samples']} samples used ({summary['n_discarded']} per chain discarded "
+    print(f"  {summary['n_used']} of {summary['n_samples']} samples used ({summary['n_discarded_per_chain']} per chain discarded "
           "as thermalisation)" + ("" if summary["thermalized"] else
                                   f"; WARNING: not thermalised (early vs late parts differ by "
                                   f"{summary['thermalization_z']:.1f} sigma): run longer or raise --warmup"))

@@ -32,7 +32,7 @@ def target_samples(flow, action, sampler: str, n: int, chains: int, seed: int, w
 
     res = run_sampler(sampler, action, flow.layout.L, n, chains, seed, flow=flow, keep_every=1, warmup=warmup)
     summary = summarize(res, action, flow.layout.L)
-    return res.configs[:, summary["n_discarded"]:], summary
+    return res.configs[:, summary["n_discarded_per_chain"]:], summary
 
 
 @torch.no_grad()
@@ -138,7 +138,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
     result = {
         "run": str(run), "action": action.name, "params": dict(action.params), "L": layout.L,
         "coords": coords, "sampler": sampler, "n_samples": S, "chains": int(x.shape[0]),
-        "sampler_stats": {k: summary[k] for k in ("acceptance", "n_discarded", "thermalized")},
+        "sampler_stats": {k: summary[k] for k in ("acceptance", "n_discarded", "n_discarded_per_chain", "thermalized")},
         "tau_int_abs_m": summary["tau_int"]["abs_m"],
         "geometry": geometry, "geometry_mi": geometry_mi,
         "bulk_correlators": [{"levels": [k[0], k[1]], "separation": [k[2], k[3]], "pairs": p, "value": [c, e],

@@ -5,7 +5,8 @@ Costs are per chain step: ``seconds_per_step = seconds / (n chains)`` (chains ru
 sample of an observable is ``2 tau_int`` steps. Statistics are Wolff's Gamma-method pooled over
 chains (:func:`rgflow.physics.observables.chain_observables`): every observable has its own
 ``tau_int``, a ``reliable`` flag (chains of at least 50 tau_int), and the thermalisation cut
-(``n_discarded``) and check (``thermalized``) are reported with it.
+(``n_discarded`` over all chains like ``n_samples`` and ``n_used``; ``n_discarded_per_chain``) and
+check (``thermalized``) are reported with it.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def summarize(res: ChainResult, action, L: int, discard: int | str = "auto") -> 
         "L": L,
         "chains": res.chains,
         "n_samples": chain.n_samples,
-        "n_discarded": chain.n_discarded,
+        "n_discarded": chain.n_discarded * res.chains,  # all chains, like n_samples and n_used
+        "n_discarded_per_chain": chain.n_discarded,
         "n_used": chain.n_used,
         "thermalized": chain.thermalized,
         "thermalization_z": chain.thermalization_z,
@@ -103,7 +105,7 @@ def plot_autocorrelation(res: ChainResult, summary: dict, path: str | Path, max_
     """Normalised autocorrelation (pooled over chains, Gamma-method) of every observable, with tau_int."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    series = {k: v[:, summary["n_discarded"]:] for k, v in res.series.items()}
+    series = {k: v[:, summary["n_discarded_per_chain"]:] for k, v in res.series.items()}
     channels = ACTION_PARAMS[summary["action"]][1]
     for name, fn in derived_observables(summary["L"], channels).items():
         if name in ("chi_c", "xi2"):

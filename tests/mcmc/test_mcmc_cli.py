@@ -27,7 +27,8 @@ def test_physical_hmc_without_a_run_writes_chain_and_figure(tmp_path, capsys):
                 "thermalized", "divergences", "seconds_per_step", "grad_evals_per_step"):
         assert key in res
     assert res["n_samples"] == 800 and res["grad_evals_per_step"] == 10
-    assert res["n_used"] == 4 * (200 - res["n_discarded"]) and 0 <= res["n_discarded"] <= 50
+    assert res["n_used"] == 4 * (200 - res["n_discarded_per_chain"]) and 0 <= res["n_discarded_per_chain"] <= 50
+    assert res["n_discarded"] == 4 * res["n_discarded_per_chain"] == res["n_samples"] - res["n_used"]
     assert set(res["reliable"]) == set(res["observables"]) == set(res["tau_int"])
     assert all(len(v) == 2 for v in res["tau_int"].values())
     data = np.load(out)
