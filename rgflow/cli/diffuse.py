@@ -120,10 +120,11 @@ def _sample(args) -> int:
     x, nfe = sample_fields(model, args.n, args.nfe, args.sampler, gen, args.batch_size)
     seconds = time.perf_counter() - t0
     cost = cost_of(model, args.nfe, args.sampler)
-    est = estimate_observables(action.measurement_field(x.double(), torch.Generator(device=cfg.device).manual_seed(args.seed + 1)))
+    field = action.measurement_field(x.double(), torch.Generator(device=cfg.device).manual_seed(args.seed + 1))
+    est = estimate_observables(field)
     res = {"run": str(args.run), "action": action.name, "params": dict(action.params), "L": cfg.L,
-           "schedule": cfg.noise_schedule, "sampler": args.sampler, **cost, "weights": args.weights, "n_samples": args.n,
-           "seconds": seconds, "observables": {k: v.to_list() for k, v in est.items()}}
+           "schedule": cfg.noise_schedule, "sampler": args.sampler, **cost, "weights": args.weights,
+           "n_samples": args.n, "seconds": seconds, "observables": {k: v.to_list() for k, v in est.items()}}
     if out is not None:
         save_samples(out, x, action, cfg.L, f"diffusion:{args.sampler}", nfe=nfe, step=0)
     if args.json:

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--warmup", type=int, default=200, help="unrecorded steps that tune the step size")
     mc.add_argument("--discard", default="auto",
                     help="recorded steps per chain dropped as thermalisation: an integer, or auto "
-                         "(10 tau_int, at most a quarter of the chain); reported as n_discarded_per_chain (n_discarded: all chains)")
+                         "(10 tau_int, at most a quarter of the chain); reported as n_discarded_per_chain "
+                         "(n_discarded: all chains)")
     mc.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory (hmc, latent-hmc)")
     mc.add_argument("--step-size", dest="step_size", type=float, default=None,
                     help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
