@@ -21,6 +21,7 @@ from typing import ClassVar
 from pathlib import Path
 
 from rgflow.defaults import FLOW_DEFAULTS, spline_range
+from rgflow.flows.ode import ODE_METHODS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
 from rgflow.physics.models import ACTION_PARAMS, Action, make_action
@@ -30,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["add_loop_arguments", "LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys",
+__all__ = ["option", "add_config_arguments", "add_run_arguments", "LoopConfig", "TrainConfig", "COUPLING_NAMES", "load_toml", "normalize_keys",
            "migrate_config"]
 
 COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
@@ -52,20 +53,68 @@ def _positive(cfg, name, integer=True, allow_none=False):
         raise ValueError(f"{name}={v!r} is not allowed: must be {kind}")
 
 
-def add_loop_arguments(p) -> None:
-    """The training-loop flags every ``... train`` subcommand of a model family shares (only given
-    flags override the saved or default config), with ``--out``, ``--resume`` and ``--dry-run``."""
+def option(default=dataclasses.MISSING, help: str = "", *, choices=None, flag: str | None = None, kind=None,
+           default_factory=dataclasses.MISSING, group: str | None = None):
+    """A config field that is also a command-line flag: its ``help``, allowed ``choices``, ``flag`` name
+    (default ``--field-name``), argument type ``kind`` (default from the annotation) and help ``group``
+    live with the field, so an option is written once (:func:`add_config_arguments`). A bool field is
+    a switch: ``--name`` when it defaults to False, ``flag`` (e.g. ``--no-augment``) when to True."""
+    meta = {"help": help, "choices": choices, "flag": flag, "kind": kind, "group": group}
+    return field(default=default, default_factory=default_factory, metadata={"cli": meta})
+
+
+def _flag_type(f):
+    kind = f.metadata["cli"]["kind"]
+    if kind is not None:
+        return kind
+    base = str(f.type).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}.get(base, str)
+
+
+def add_config_arguments(p, config_cls, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                         groups: dict | None = None) -> dict:
+    """Add a flag for every :func:`option` field of ``config_cls`` (or the ``only`` ones; not the
+    ``exclude`` ones), grouped by their ``group`` (``groups``: argument groups made already, by name;
+    returned with the new ones); only flags that are given override the saved or default config
+    (``default=SUPPRESS``)."""
     import argparse
 
-    S = argparse.SUPPRESS
-    for flag, kind in (("--batch-size", int), ("--lr", float), ("--steps", int), ("--minutes", float), ("--seed", int),
-                       ("--eval-every", int), ("--ckpt-every", int)):
-        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
-    p.add_argument("--dtype", choices=["float32", "float64"], default=S)
-    p.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
+    groups = {} if groups is None else groups
+    for f in fields(config_cls):
+        meta = f.metadata.get("cli")
+        if meta is None or f.name in exclude or (only is not None and f.name not in only):
+            continue
+        target = p
+        if meta["group"]:
+            target = groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] or None}
+        if str(f.type).startswith("bool"):
+            kw["action"] = "store_false" if f.default is True else "store_true"
+        else:
+            kw["type"] = _flag_type(f)
+            if meta["choices"] is not None:
+                kw["choices"] = [c for c in meta["choices"] if c is not None]
+        target.add_argument(flag, **kw)
+    return groups
+
+
+def add_run_arguments(p) -> None:
+    """``--out``, ``--resume`` and ``--dry-run``: what every ``... train`` subcommand has besides its config."""
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+
+
+def _validate_choices(cfg) -> None:
+    """Every :func:`option` field with allowed ``choices`` holds one of them."""
+    for f in fields(cfg):
+        meta = f.metadata.get("cli")
+        if meta is None or meta["choices"] is None:
+            continue
+        if getattr(cfg, f.name) is None and "None" in str(f.type):
+            continue
+        _choice(cfg, f.name, meta["choices"])
 
 
 @dataclass
@@ -73,23 +122,25 @@ class LoopConfig:
     """What the one training loop (:func:`rgflow.train.loop.run_loop`) reads: optimisation, budget
     and bookkeeping. Every model family's config extends it."""
 
-    batch_size: int = 64
-    lr: float = 3e-3
-    optimizer: str = "adam"
+    batch_size: int = option(64, "minibatch size", group="optimisation")
+    lr: float = option(3e-3, "learning rate", group="optimisation")
+    optimizer: str = option("adam", choices=("adam", "adamw"), group="optimisation")
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
-    grad_clip: float = 10.0
-    dtype: str = "float32"
-    device: str = "cpu"
-    steps: int | None = None
-    minutes: float | None = None
-    seed: int = 0
+    lr_schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "constant"), group="optimisation")
+    grad_clip: float = option(10.0, "gradient-norm clip", group="optimisation")
+    dtype: str = option("float32", choices=("float32", "float64"), group="optimisation")
+    device: str = option("cpu", "cpu, cuda or cuda:N", group="optimisation")
+    steps: int | None = option(None, "optimisation steps", group="budget and bookkeeping")
+    minutes: float | None = option(None, "wall-clock budget of the training loop: steps, evaluations and checkpoints "
+                                   "(start-up excluded; default 5 if no --steps)", group="budget and bookkeeping")
+    seed: int = option(0, group="budget and bookkeeping")
     log_every: int = 25
-    eval_every: int = 250
+    eval_every: int = option(250, "evaluate every K steps", group="budget and bookkeeping")
     eval_samples: int = 1024
-    ckpt_every: int = 500
+    ckpt_every: int = option(500, "checkpoint every K steps", group="budget and bookkeeping")
     max_bad_steps: int = 20
-    deterministic: bool = False
+    deterministic: bool = option(False, "deterministic algorithms (with --steps, a killed and resumed run is "
+                                 "bit-identical)", group="budget and bookkeeping")
 
     #: Config fields that define the model and its target: a checkpoint only loads into a config
     #: that agrees on all of them.
@@ -97,9 +148,7 @@ class LoopConfig:
 
     def validate_loop(self) -> None:
         """Raise ``ValueError`` naming the first bad loop field and its allowed values."""
-        _choice(self, "optimizer", ("adam", "adamw"))
-        _choice(self, "lr_schedule", ("cosine", "constant"))
-        _choice(self, "dtype", ("float32", "float64"))
+        _validate_choices(self)
         for name in ("batch_size", "log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
             _positive(self, name)
         _positive(self, "lr", integer=False)
@@ -133,38 +182,49 @@ class LoopConfig:
 class TrainConfig(LoopConfig):
     """Everything that defines a flow's training run (see ``rgflow train --help`` for each field)."""
 
-    # physics
-    action: str = "phi4"
-    L: int = 8
+    # physics (the couplings are flags of their own: rgflow.cli.main)
+    action: str = option("phi4", "lattice model (default phi4)", choices=tuple(ACTION_PARAMS),
+                         group="physics (names as in the action formulas)")
+    L: int = option(8, "lattice side (default 8)", group="physics (names as in the action formulas)")
     params: dict = field(default_factory=dict)
     # flow
-    flow: str = "mera"
-    block: str = FLOW_DEFAULTS["block"]
-    block_size: int = FLOW_DEFAULTS["block_size"]
-    n_couplings: int = FLOW_DEFAULTS["n_couplings"]
-    hidden: int = FLOW_DEFAULTS["hidden"]
-    layers: int = FLOW_DEFAULTS["layers"]
-    repeats: int = 1
-    depth: int | None = None
-    num_bins: int | None = None
-    tail_bound: float | None = None
-    prior: str = FLOW_DEFAULTS["prior"]
+    flow: str = option("mera", "hierarchy (flat: tutorial baseline)", choices=FLOW_KINDS, group="flow")
+    block: str = option(FLOW_DEFAULTS["block"], "block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice)",
+                        choices=FLOW_BLOCK_KINDS, group="flow")
+    block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side b (even)", group="flow")
+    n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block", group="flow")
+    hidden: int = option(FLOW_DEFAULTS["hidden"], "conditioner width", group="flow")
+    layers: int = option(FLOW_DEFAULTS["layers"], "conditioner hidden layers", group="flow")
+    repeats: int = option(1, "disentangler/decimator pairs per level", group="flow")
+    depth: int | None = option(None, "truncate the hierarchy to this many levels", group="flow")
+    num_bins: int | None = option(None, "spline bins", group="flow")
+    tail_bound: float | None = option(None, "spline interval [-B, B]", group="flow")
+    prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS, group="flow")
     learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
-    symmetric: bool = False
-    symmetrize: str | None = "auto"
-    ode_method: str = "rk4"
-    ode_steps: int = 8
-    ode_levels: str | None = None
-    ode_kinetic: float = 0.0
-    ode_jacobian: float = 0.0
-    ode_checkpoint: bool = False
-    path_gradient: bool = False
+    symmetric: bool = option(False, "exactly symmetric blocks: Z2 (phi -> -phi) for real fields, U(1) for complex "
+                             "(ode)", group="flow")
+    symmetrize: str | None = option("auto", "train and sample the exact mixture q_G(x) = mean_g q(g x) over this "
+                                    "symmetry group of the action (z2: phi -> -phi; d4: lattice rotations/reflections; "
+                                    "z2xd4: both); default auto: z2 for the Ising model, none otherwise",
+                                    choices=("auto", "none", "z2", "d4", "z2xd4"), group="flow")
+    ode_method: str = option("rk4", choices=ODE_METHODS, group="flow")
+    ode_steps: int = option(8, "fixed-step ODE solver steps", group="flow")
+    ode_levels: str | None = option(None, "neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels "
+                                    ">= 2, '0,1'", group="flow")
+    ode_kinetic: float = option(0.0, "RNODE kinetic-energy weight", group="flow")
+    ode_jacobian: float = option(0.0, "RNODE Jacobian (Frobenius) penalty weight", group="flow")
+    ode_checkpoint: bool = option(False, "recompute each ODE solver step in the backward pass (less memory, ~1.5x "
+                                  "time)", group="flow")
+    path_gradient: bool = option(False, "path gradients of the reverse KL", group="optimisation")
     # size transfer: start from the flow of a run on a smaller lattice (L = L_0 2^k)
-    init_from: str | None = None
-    init_finest: str = "copy"
+    init_from: str | None = option(None, "start from the trained flow of this run folder on a smaller lattice "
+                                   "(L = L0 * 2^k, same architecture): its levels become the coarse levels here")
+    init_finest: str = option("copy", "with --init-from: the k new fine levels copy the finest trained level "
+                              "(default) or start at the identity", choices=("copy", "identity"))
     # training from data (forward KL) instead of from the action
-    data: str | None = None
-    holdout: float = 0.1
+    data: str | None = option(None, "train by maximum likelihood (forward KL) on this ensemble .npz (from `rgflow "
+                              "mcmc ... --out`); the action, couplings and L are the ensemble's")
+    holdout: float = option(0.1, "held-out fraction of --data (fixed by --seed)")
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
@@ -188,11 +248,6 @@ class TrainConfig(LoopConfig):
         choice = functools.partial(_choice, self)
         positive = functools.partial(_positive, self)
         self.validate_loop()
-        choice("action", list(ACTION_PARAMS))
-        choice("flow", FLOW_KINDS)
-        choice("block", FLOW_BLOCK_KINDS)
-        choice("prior", PRIOR_KINDS)
-        choice("ode_method", ("rk4", "euler", "midpoint", "dopri5"))
         for name in ("L", "block_size", "n_couplings", "hidden", "layers", "repeats", "num_bins", "ode_steps"):
             positive(name)
         positive("tail_bound", integer=False)
@@ -217,7 +272,6 @@ class TrainConfig(LoopConfig):
         from rgflow.flows.symmetrize import SYMMETRY_GROUPS
 
         choice("symmetrize", (None, *SYMMETRY_GROUPS))
-        choice("init_finest", ("copy", "identity"))
         if self.symmetrize in ("z2", "z2xd4") and self.symmetric and self.symmetry == "z2":
             raise ValueError(f"symmetrize={self.symmetrize!r} with symmetric=true is not allowed: the blocks are "
                              "already exactly Z2-odd (use one or the other)")

@@ -1,7 +1,6 @@
 """``rgflow diffuse {train,eval,sample}``: builds a config, calls plain functions (``eval`` is ``rgflow eval``)."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -13,39 +12,15 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub, parser_class) -> None:
     """Add ``diffuse`` with its ``train``, ``eval`` and ``sample`` subcommands to the ``rgflow`` parser."""
-    from rgflow.config import add_loop_arguments
-    from rgflow.diffusion.nets import NET_KINDS
+    from rgflow.config import add_config_arguments, add_run_arguments
     from rgflow.diffusion.sampler import SAMPLER_KINDS
-    from rgflow.diffusion.stages import SCHEDULES
-    from rgflow.diffusion.train import TARGETS, WEIGHTS
+    from rgflow.diffusion.train import WEIGHTS, DiffusionConfig
 
-    S = argparse.SUPPRESS
     diffuse = sub.add_parser("diffuse", help="diffusion models on the RG hierarchy (train, eval, sample)")
     dsub = diffuse.add_subparsers(dest="diffuse_command", required=True, parser_class=parser_class)
     tr = dsub.add_parser("train", help="score matching on an ensemble .npz")
-    tr.add_argument("--data", default=S, help="ensemble from `rgflow mcmc ... --out` or `rgflow sample`")
-    tr.add_argument("--schedule", dest="noise_schedule", choices=list(SCHEDULES), default=S,
-                    help="rg (default): RG levels generated one after the other, coarse to fine; standard: white "
-                         "noise on the field (EDM steps); ve: the variance-exploding process of Wang, Aarts & Zhou")
-    tr.add_argument("--net", choices=list(NET_KINDS), default=S,
-                    help="local (default): periodic convolutions with a bounded receptive field; unet: the U-Net")
-    tr.add_argument("--width", type=int, default=S, help="channels of the network (default 32)")
-    tr.add_argument("--depth", type=int, default=S, help="local: convolutions (default 4); unet: down/up stages")
-    tr.add_argument("--target", choices=list(TARGETS), default=S,
-                    help="force (default for fields): the action's force mixed into the target (no noise in it); "
-                         "dsm: denoising score matching")
-    tr.add_argument("--ema-halflife", dest="ema_halflife", type=float, default=S,
-                    help="EMA half-life in training samples (default 500000), capped by --ema-rampup x samples seen")
-    tr.add_argument("--ema-rampup", dest="ema_rampup", type=float, default=S,
-                    help="EMA half-life as a fraction of the samples seen while that is shorter (default 0.05)")
-    tr.add_argument("--coords", default=S, help="field (default) or a trained flow run folder (the hybrid)")
-    tr.add_argument("--levels", type=_levels, default=S,
-                    help="K: with --coords RUN, diffuse the flow's latents of levels >= K (default 1; 0: all); the "
-                         "finer ones keep the flow's prior")
-    tr.add_argument("--holdout", type=float, default=S, help="held-out fraction of the ensemble (fixed by --seed)")
-    tr.add_argument("--no-augment", dest="augment", action="store_false", default=S,
-                    help="no random lattice shifts, rotations, reflections and sign flips of the training fields")
-    add_loop_arguments(tr)
+    add_config_arguments(tr, DiffusionConfig)
+    add_run_arguments(tr)
     weights_help = "ema (default): the moving average of the weights; raw: the last trained weights"
     add_eval_arguments(dsub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
     sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
@@ -62,17 +37,6 @@ def add_parser(sub, parser_class) -> None:
 
 
 _NOT_CONFIG = {"command", "diffuse_command", "out", "resume", "dry_run"}
-
-
-def _levels(text: str) -> int:
-    """``"K:"`` or ``"K"`` -> ``K`` (levels ``>= K`` are diffused)."""
-    try:
-        k = int(text[:-1] if text.endswith(":") else text)
-    except ValueError:
-        k = -1
-    if k < 0:
-        raise argparse.ArgumentTypeError(f"must be K: or K with an integer K >= 0 (levels >= K diffused), got {text!r}")
-    return k
 
 
 def _train(args) -> int:

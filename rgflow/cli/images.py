@@ -4,7 +4,6 @@ calls the plain functions of :mod:`rgflow.images`, writes figures (into ``RUN/fi
 and lattice flow runs alike."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -18,25 +17,14 @@ log = logging.getLogger("rgflow")
 
 def add_parser(sub, parser_class) -> None:
     """Add ``images`` and its subcommands to the ``rgflow`` parser."""
-    from rgflow.config import add_loop_arguments
-    from rgflow.flows.priors import PRIOR_KINDS
-    from rgflow.images.data import DATASETS
-    from rgflow.images.train import IMAGE_FLOWS
+    from rgflow.config import add_config_arguments, add_run_arguments
+    from rgflow.images.train import ImageConfig
 
-    S = argparse.SUPPRESS
     images = sub.add_parser("images", help="flows on images by maximum likelihood, and the scale-separation demos")
     isub = images.add_subparsers(dest="images_command", required=True, parser_class=parser_class)
     tr = isub.add_parser("train", help="maximum-likelihood training on an image dataset (bits/dim)")
-    tr.add_argument("--data", choices=list(DATASETS), default=S, help="dataset (default photo: no extra packages)")
-    tr.add_argument("--size", type=int, default=S, help="image side (dataset default)")
-    tr.add_argument("--flow", choices=list(IMAGE_FLOWS), default=S, help="mera: the RG flow; flat: RealNVP-style baseline")
-    tr.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side (2 or 4)")
-    tr.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
-    tr.add_argument("--block", default=S, help="block bijection of the RG flow (spline, affine)")
-    for flag, kind in (("--n-couplings", int), ("--hidden", int), ("--flat-layers", int), ("--flat-width", int),
-                       ("--alpha", float), ("--holdout", float)):
-        tr.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=S)
-    add_loop_arguments(tr)
+    add_config_arguments(tr, ImageConfig)
+    add_run_arguments(tr)
 
     add_eval_arguments(isub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
 

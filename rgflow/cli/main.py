@@ -16,89 +16,28 @@ import sys
 from pathlib import Path
 
 from rgflow.cli.common import Parser, add_eval_arguments, run_eval
-from rgflow.config import COUPLING_NAMES, TrainConfig, load_toml, normalize_keys
-from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
-from rgflow.flows.priors import PRIOR_KINDS
-from rgflow.physics.models import ACTION_PARAMS
+from rgflow.config import (COUPLING_NAMES, TrainConfig, add_config_arguments, add_run_arguments, load_toml,
+                           normalize_keys)
 
 __all__ = ["main", "build_parser", "config_from_args", "sample_run"]
 
 log = logging.getLogger("rgflow")
 
 
-def _physics_arguments(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS  # only flags that were given override the TOML file and the defaults
-    phys = p.add_argument_group("physics (names as in the action formulas)")
-    phys.add_argument("--action", choices=list(ACTION_PARAMS), default=S, help="lattice model (default phi4)")
-    phys.add_argument("--L", type=int, default=S, help="lattice side (default 8)")
+def _physics_arguments(p: argparse.ArgumentParser) -> dict:
+    """``--action``, ``--L`` (from :class:`~rgflow.config.TrainConfig`) and one flag per coupling."""
+    groups = add_config_arguments(p, TrainConfig, only=("action", "L"))
+    phys = groups["physics (names as in the action formulas)"]
     for name in COUPLING_NAMES:
-        phys.add_argument(f"--{name}", type=float, default=S, help=f"coupling {name}")
+        phys.add_argument(f"--{name}", type=float, default=argparse.SUPPRESS, help=f"coupling {name}")
+    return groups
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS
-    _physics_arguments(p)
-    flow = p.add_argument_group("flow")
-    flow.add_argument("--flow", choices=["mera", "tebd", "flat"], default=S, help="hierarchy (flat: tutorial baseline)")
-    flow.add_argument("--block", choices=list(FLOW_BLOCK_KINDS), default=S,
-                      help="block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice)")
-    flow.add_argument("--block-size", dest="block_size", type=int, default=S, help="RG block side b (even)")
-    flow.add_argument("--n-couplings", dest="n_couplings", type=int, default=S, help="coupling layers per block")
-    flow.add_argument("--hidden", type=int, default=S, help="conditioner width")
-    flow.add_argument("--layers", type=int, default=S, help="conditioner hidden layers")
-    flow.add_argument("--repeats", type=int, default=S, help="disentangler/decimator pairs per level")
-    flow.add_argument("--depth", type=int, default=S, help="truncate the hierarchy to this many levels")
-    flow.add_argument("--num-bins", dest="num_bins", type=int, default=S, help="spline bins")
-    flow.add_argument("--tail-bound", dest="tail_bound", type=float, default=S, help="spline interval [-B, B]")
-    flow.add_argument("--prior", choices=list(PRIOR_KINDS), default=S)
-    flow.add_argument("--symmetric", action="store_true", default=S,
-                      help="exactly symmetric blocks: Z2 (phi -> -phi) for real fields, U(1) for complex (ode)")
-    flow.add_argument("--symmetrize", choices=["auto", "none", "z2", "d4", "z2xd4"], default=S,
-                      help="train and sample the exact mixture q_G(x) = mean_g q(g x) over this symmetry group "
-                           "of the action (z2: phi -> -phi; d4: lattice rotations/reflections; z2xd4: both); "
-                           "default auto: z2 for the Ising model, none otherwise")
-    flow.add_argument("--ode-method", dest="ode_method", choices=["rk4", "euler", "midpoint", "dopri5"], default=S)
-    flow.add_argument("--ode-steps", dest="ode_steps", type=int, default=S, help="fixed-step ODE solver steps")
-    flow.add_argument("--ode-levels", dest="ode_levels", default=S,
-                      help="neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels >= 2, '0,1'")
-    flow.add_argument("--ode-kinetic", dest="ode_kinetic", type=float, default=S, help="RNODE kinetic-energy weight")
-    flow.add_argument("--ode-jacobian", dest="ode_jacobian", type=float, default=S,
-                      help="RNODE Jacobian (Frobenius) penalty weight")
-    flow.add_argument("--ode-checkpoint", dest="ode_checkpoint", action="store_const", const=True, default=S,
-                      help="recompute each ODE solver step in the backward pass (less memory, ~1.5x time)")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", dest="batch_size", type=int, default=S)
-    opt.add_argument("--lr", type=float, default=S)
-    opt.add_argument("--optimizer", choices=["adam", "adamw"], default=S)
-    opt.add_argument("--lr-schedule", dest="lr_schedule", choices=["cosine", "constant"], default=S,
-                     help="learning-rate schedule")
-    opt.add_argument("--grad-clip", dest="grad_clip", type=float, default=S)
-    opt.add_argument("--path-gradient", dest="path_gradient", action="store_true", default=S)
-    opt.add_argument("--dtype", choices=["float32", "float64"], default=S)
-    opt.add_argument("--device", default=S, help="cpu, cuda or cuda:N")
-    budget = p.add_argument_group("budget and bookkeeping")
-    budget.add_argument("--steps", type=int, default=S, help="optimisation steps")
-    budget.add_argument("--minutes", type=float, default=S,
-                        help="wall-clock budget of the training loop: steps, evaluations and checkpoints "
-                             "(start-up excluded; default 5 if no --steps)")
-    budget.add_argument("--seed", type=int, default=S)
-    budget.add_argument("--eval-every", dest="eval_every", type=int, default=S)
-    budget.add_argument("--ckpt-every", dest="ckpt_every", type=int, default=S, help="checkpoint every K steps")
-    budget.add_argument("--deterministic", action="store_true", default=S,
-                        help="deterministic algorithms (with --steps, a killed and resumed run is bit-identical)")
-    p.add_argument("--data", default=S, help="train by maximum likelihood (forward KL) on this ensemble .npz "
-                   "(from `rgflow mcmc ... --out`); the action, couplings and L are the ensemble's")
-    p.add_argument("--holdout", type=float, default=S, help="held-out fraction of --data (fixed by --seed)")
-    p.add_argument("--init-from", dest="init_from", default=S,
-                   help="start from the trained flow of this run folder on a smaller lattice (L = L0 * 2^k, same "
-                        "architecture): its levels become the coarse levels here")
-    p.add_argument("--init-finest", dest="init_finest", choices=["copy", "identity"], default=S,
-                   help="with --init-from: the k new fine levels copy the finest trained level (default) or start "
-                        "at the identity")
+    groups = _physics_arguments(p)
+    add_config_arguments(p, TrainConfig, exclude=("action", "L"), groups=groups)
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+    add_run_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

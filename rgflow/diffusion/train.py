@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from rgflow.config import LoopConfig
+from rgflow.config import LoopConfig, option
 from rgflow.diffusion.model import DiffusionModel, build_stages
 from rgflow.diffusion.nets import NET_KINDS
 from rgflow.diffusion.stages import SCHEDULES
@@ -47,29 +47,50 @@ TARGETS = ("force", "dsm")
 WEIGHTS = ("ema", "raw")
 
 
+def parse_levels(text: str) -> int:
+    """``"K:"`` or ``"K"`` -> ``K`` (levels ``>= K`` are diffused), for ``--levels``."""
+    import argparse
+
+    try:
+        k = int(text[:-1] if text.endswith(":") else text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"must be K: or K with an integer K >= 0 (levels >= K diffused), got {text!r}")
+    return k
+
+
 @dataclass
 class DiffusionConfig(LoopConfig):
     """A diffusion model's training run (``rgflow diffuse train --help``)."""
 
     kind: str = "diffusion"
-    data: str = ""
+    data: str = option("", "ensemble from `rgflow mcmc ... --out` or `rgflow sample` (its action, couplings and L)")
     action: str = ""
     params: dict = field(default_factory=dict)
     L: int = 0
-    coords: str = "field"
-    levels: int | None = None
-    noise_schedule: str = "rg"
-    net: str = "local"
-    width: int = 32
-    depth: int = 4
-    target: str | None = None
+    coords: str = option("field", "field (default) or a trained flow run folder (the hybrid)")
+    levels: int | None = option(None, "K: with --coords RUN, diffuse the flow's latents of levels >= K (default 1; 0: "
+                                "all); the finer ones keep the flow's prior", kind=parse_levels)
+    noise_schedule: str = option("rg", "rg (default): RG levels generated one after the other, coarse to fine; "
+                                 "standard: white noise on the field (EDM steps); ve: the variance-exploding process "
+                                 "of Wang, Aarts & Zhou", choices=SCHEDULES, flag="--schedule")
+    net: str = option("local", "local (default): periodic convolutions with a bounded receptive field; unet: the "
+                      "U-Net", choices=NET_KINDS)
+    width: int = option(32, "channels of the network (default 32)")
+    depth: int = option(4, "local: convolutions (default 4); unet: down/up stages")
+    target: str | None = option(None, "force (default for fields): the action's force mixed into the target (no noise "
+                                "in it); dsm: denoising score matching", choices=TARGETS)
     odd: bool = True
-    ema_halflife: float = 500_000.0
-    ema_rampup: float = 0.05
-    holdout: float = 0.1
-    augment: bool = True
-    lr: float = 2e-3
-    grad_clip: float = 1.0
+    ema_halflife: float = option(500_000.0, "EMA half-life in training samples (default 500000), capped by "
+                                 "--ema-rampup x samples seen")
+    ema_rampup: float = option(0.05, "EMA half-life as a fraction of the samples seen while that is shorter "
+                               "(default 0.05)")
+    holdout: float = option(0.1, "held-out fraction of the ensemble (fixed by --seed)")
+    augment: bool = option(True, "no random lattice shifts, rotations, reflections and sign flips of the training "
+                           "fields", flag="--no-augment")
+    lr: float = option(2e-3, "learning rate", group="optimisation")
+    grad_clip: float = option(1.0, "gradient-norm clip", group="optimisation")
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = ("coords", "levels", "noise_schedule", "net", "width", "depth", "odd")
 
@@ -96,9 +117,6 @@ class DiffusionConfig(LoopConfig):
         self.validate_loop()
         if self.kind != "diffusion":
             raise ValueError(f"kind={self.kind!r} is not a diffusion run")
-        for name, allowed in (("noise_schedule", SCHEDULES), ("net", NET_KINDS), ("target", TARGETS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
         if not self.data:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
         if not 0 < self.holdout < 1:

@@ -20,7 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from rgflow.config import LoopConfig, _choice, _positive
+from rgflow.config import LoopConfig, _choice, _positive, option
+from rgflow.defaults import FLOW_DEFAULTS, spline_range
 from rgflow.ensemble import split_ensemble
 from rgflow.flows.couplings import BLOCK_KINDS
 from rgflow.flows.flat import build_flat_flow
@@ -48,23 +49,25 @@ class ImageConfig(LoopConfig):
     """
 
     kind: str = "images"
-    data: str = "photo"
-    size: int | None = None
-    flow: str = "mera"
-    block: str = "spline"
-    block_size: int = 2
-    n_couplings: int = 4
-    hidden: int = 32
-    layers: int = 2
-    num_bins: int = 8
-    tail_bound: float = 6.0
-    prior: str = "normal"
-    learn_level_scale: bool = True
-    flat_layers: int = 8
-    flat_width: int | None = None
-    alpha: float = 0.05
-    holdout: float = 0.1
-    lr: float = 1e-3
+    data: str = option("photo", "dataset (default photo: no extra packages)", choices=tuple(DATASETS))
+    size: int | None = option(None, "image side (dataset default)")
+    flow: str = option("mera", "mera: the RG flow; flat: RealNVP-style baseline", choices=IMAGE_FLOWS)
+    block: str = option(FLOW_DEFAULTS["block"], "block bijection of the RG flow",
+                        choices=tuple(b for b in BLOCK_KINDS if b != "haar"))
+    block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side (2 or 4)")
+    n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block")
+    hidden: int = option(FLOW_DEFAULTS["hidden"], "conditioner width")
+    layers: int = FLOW_DEFAULTS["layers"]
+    num_bins: int = spline_range()[0]
+    tail_bound: float = spline_range()[1]
+    prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS)
+    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
+    flat_layers: int = option(8, "coupling layers of the flat baseline (even)")
+    flat_width: int | None = option(None, "CNN width of the flat baseline (default: matched to the RG flow's "
+                                    "parameters)")
+    alpha: float = option(0.05, "logit margin of the pre-transform, in (0, 0.5)")
+    holdout: float = option(0.1, "held-out fraction of the images (fixed by --seed)")
+    lr: float = option(1e-3, "learning rate", group="optimisation")
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = ("data", "size", "flow", "block", "block_size", "n_couplings", "hidden",
                                              "layers", "num_bins", "tail_bound", "prior", "learn_level_scale",
@@ -86,9 +89,6 @@ class ImageConfig(LoopConfig):
         sizes = DATASETS[self.data][1]
         if self.size not in sizes:
             raise ValueError(f"size={self.size!r} is not allowed for data={self.data!r}; allowed: {', '.join(map(str, sizes))}")
-        _choice(self, "flow", IMAGE_FLOWS)
-        _choice(self, "block", [b for b in BLOCK_KINDS if b not in ("haar",)])
-        _choice(self, "prior", PRIOR_KINDS)
         for name in ("block_size", "n_couplings", "hidden", "layers", "num_bins", "flat_layers"):
             _positive(self, name)
         _positive(self, "flat_width", allow_none=True)
