@@ -2,6 +2,6 @@
 ``sample``, ``mcmc``, ``demo``), :mod:`~rgflow.cli.diffuse`, :mod:`~rgflow.cli.images`,
 :mod:`~rgflow.cli.probe`; :mod:`~rgflow.cli.common` holds what they share. Each builds a config and
 calls a library function."""
-from rgflow.cli.main import build_parser, config_from_args, main, sample_run
+from rgflow.cli.main import build_parser, config_from_args, main
 
-__all__ = ["main", "build_parser", "config_from_args", "sample_run"]
+__all__ = ["main", "build_parser", "config_from_args"]

@@ -3,8 +3,8 @@
 Subcommands: ``train``, ``eval`` (every kind of run), ``sample``, ``mcmc``, ``diffuse``
 (:mod:`rgflow.cli.diffuse`), ``probe`` (:mod:`rgflow.cli.probe`), ``images`` (:mod:`rgflow.cli.images`),
 ``demo``. Each is also a Python function
-(:func:`rgflow.train.train`, :func:`rgflow.train.evaluate`, :func:`sample_run`,
-:func:`rgflow.mcmc.run.run_sampler`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
+(:func:`rgflow.train.train`, :func:`rgflow.evaluation.evaluate_run`, :func:`rgflow.sampling.sample_run`,
+:func:`rgflow.sampling.run_chains`, :func:`rgflow.report.run_demo`). User errors print one line ``rgflow <cmd>: error: ...`` to
 stderr and exit with code 2; an interrupted training exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rgflow.cli.common import Parser, add_eval_arguments, run_eval
 from rgflow.config import (COUPLING_NAMES, TrainConfig, add_config_arguments, add_run_arguments, load_toml,
                            normalize_keys)
 
-__all__ = ["main", "build_parser", "config_from_args", "sample_run"]
+__all__ = ["main", "build_parser", "config_from_args"]
 
 log = logging.getLogger("rgflow")
 
@@ -141,65 +141,24 @@ def _physics_of_ensemble(data: dict, params: dict, flags: dict) -> dict:
     return dict(ens.action.params)
 
 
-def sample_run(run: str, n: int, out: str, seed: int = 0) -> Path:
-    """Draw ``n`` samples of a trained run into ``out`` (see :func:`rgflow.ensemble.save_flow_samples`)."""
-    import torch
-
-    from rgflow.ensemble import check_npz_path, save_flow_samples
-    from rgflow.runs import open_run
-    from rgflow.train import draw
-
-    if n < 1:
-        raise ValueError(f"-n (number of samples) must be a positive integer, got {n}")
-    check_npz_path(out)
-    opened = open_run(run, "flow")
-    cfg, flow, state, action = opened.config, opened.model, opened.state, opened.action
-    x, log_q, S = draw(flow, action, n, generator=torch.Generator(device=cfg.device).manual_seed(seed))
-    return save_flow_samples(out, x, log_q, S, action, cfg.L, int(state["step"]))
-
-
 def _mcmc(args: argparse.Namespace) -> int:
-    from rgflow.layout import Layout
-    from rgflow.ensemble import check_npz_path, save_chain
-    from rgflow.mcmc.run import plot_autocorrelation, run_sampler, summarize
-    from rgflow.physics.models import make_action
-    from rgflow.runs import open_run
+    from rgflow.sampling import run_chains
     from rgflow.stats import format_value_error as fmt
 
     physics = {k: v for k, v in vars(args).items() if k == "action" or k == "L" or k in COUPLING_NAMES}
-    flow = None
-    if args.run:
-        if physics:
-            raise ValueError(f"--{next(iter(physics))} cannot be combined with a run folder: the run fixes the physics")
-        run = open_run(args.run, ("flow", "diffusion"), device=args.device, nfe=args.nfe, weights=args.weights)
-        if run.kind == "diffusion" and args.sampler != "imh":
-            raise ValueError(f"--sampler {args.sampler} needs a flow run; a diffusion run supports --sampler imh "
-                             "(independent proposals from the probability-flow sampler with exact density)")
-        flow, action, L = run.model, run.action, run.config.L
-    else:
-        action = make_action(physics.pop("action", "phi4"), **{k: v for k, v in physics.items() if k != "L"})
-        L = physics.get("L", 8)
-        Layout(L)  # the same lattice sizes as everywhere else
-    out = check_npz_path(args.out) if args.out else None
-    discard = _discard_argument(args.discard, args.n)
-    res = run_sampler(args.sampler, action, L, args.n, args.chains, args.seed, flow=flow,
-                      keep_every=args.save_every if out is not None else 0, warmup=args.warmup,
-                      n_leapfrog=args.leapfrog, step_size=args.step_size, device=args.device)
-    summary = summarize(res, action, L, discard=discard)
-    if out is not None:
-        save_chain(res, out, action, L)
-        plot_autocorrelation(res, summary, out.with_suffix(".png"))
+    summary = run_chains(args.sampler, args.run, physics, args.n, args.chains, args.seed, args.warmup, args.discard,
+                         args.leapfrog, args.step_size, args.device, args.nfe, args.weights, args.out, args.save_every)
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{summary['sampler']} on {action.name} {action.params} L={L}: {summary['chains']} chains x {args.n} steps, "
-          f"acceptance {summary['acceptance']:.3f}, {summary['seconds_per_step'] * 1e3:.3f} ms and "
-          f"{summary['grad_evals_per_step']:g} gradients per step"
+    print(f"{summary['sampler']} on {summary['action']} {summary['params']} L={summary['L']}: {summary['chains']} "
+          f"chains x {args.n} steps, acceptance {summary['acceptance']:.3f}, {summary['seconds_per_step'] * 1e3:.3f} ms "
+          f"and {summary['grad_evals_per_step']:g} gradients per step"
           + (f", {summary['divergences']} divergent trajectories rejected" if summary["divergences"] else ""))
-    print(f"  {summary['n_used']} of {summary['n_samples']} samples used ({summary['n_discarded_per_chain']} per chain discarded "
-          "as thermalisation)" + ("" if summary["thermalized"] else
-                                  f"; WARNING: not thermalised (early vs late parts differ by "
-                                  f"{summary['thermalization_z']:.1f} sigma): run longer or raise --warmup"))
+    print(f"  {summary['n_used']} of {summary['n_samples']} samples used ({summary['n_discarded_per_chain']} per chain "
+          "discarded as thermalisation)" + ("" if summary["thermalized"] else
+                                            f"; WARNING: not thermalised (early vs late parts differ by "
+                                            f"{summary['thermalization_z']:.1f} sigma): run longer or raise --warmup"))
     print(f"  {'observable':<10} {'value':>16} {'tau_int':>12} {'s / indep. sample':>18}")
     for name, (v, e) in summary["observables"].items():
         tau = summary["tau_int"][name]
@@ -207,18 +166,6 @@ def _mcmc(args: argparse.Namespace) -> int:
         flag = "" if summary["reliable"][name] else "  unreliable: chains shorter than 50 tau_int"
         print(f"  {name:<10} {fmt(v, e):>16} {fmt(*tau):>12} {cost:>18.2e}{flag}")
     return 0
-
-
-def _discard_argument(value: str, n: int) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        k = int(value)
-    except ValueError:
-        k = -1
-    if not 0 <= k <= n - 4:
-        raise ValueError(f"--discard must be 'auto' or an integer in [0, n - 4] = [0, {n - 4}], got {value!r}")
-    return k
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -235,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return run_eval(args)
     if args.command == "sample":
+        from rgflow.sampling import sample_run
+
         path = sample_run(args.run, args.n, args.out, args.seed)
         log.info("wrote %d samples to %s", args.n, path)
         return 0
