@@ -31,7 +31,7 @@ from nflows.transforms.base import Transform
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["ODEBlock", "ODE_METHODS", "SYMMETRIES", "integrate"]
+__all__ = ["ODEBlock", "ODETransform", "AugmentedDynamics", "ODE_METHODS", "SYMMETRIES", "integrate"]
 
 ODE_METHODS = ("rk4", "euler", "midpoint", "dopri5")
 SYMMETRIES = (None, "z2", "u1")
@@ -89,16 +89,29 @@ class _Velocity(nn.Module):
         return self._g(x, t)
 
 
-class _Dynamics(nn.Module):
-    """Augmented state ``(x, ln|det|, kinetic, ||J||_F^2)`` for torchdiffeq (time may run either way)."""
+class AugmentedDynamics(nn.Module):
+    """The augmented state ``(x, ln|det|, kinetic, Jacobian penalty)`` that :func:`integrate` solves, for
+    any velocity: a subclass gives ``divergence(x, t) -> (v, tr dv/dx [B], penalty [B])``, exactly.
+    ``create_graph`` is False when the caller runs without gradients (then the outputs are detached)."""
 
-    def __init__(self, velocity: _Velocity):
+    def __init__(self, velocity: nn.Module):
         super().__init__()
         self.velocity = velocity
-        self.create_graph = True  # False when the caller runs without gradients
+        self.create_graph = True
+
+    def divergence(self, x: torch.Tensor, t: torch.Tensor):
+        raise NotImplementedError
 
     def forward(self, t, state):
-        x = state[0]
+        v, trace, penalty = self.divergence(state[0], t)
+        out = (v, trace, (v**2).flatten(1).sum(1), penalty)
+        return out if self.create_graph else tuple(o.detach() for o in out)
+
+
+class _Dynamics(AugmentedDynamics):
+    """MLP velocity on ``[B, D]``: the exact trace by one vector-Jacobian product per feature."""
+
+    def divergence(self, x, t):
         with torch.enable_grad():
             if not x.requires_grad:
                 x = x.detach().requires_grad_(True)
@@ -106,13 +119,12 @@ class _Dynamics(nn.Module):
             trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             frobenius = torch.zeros_like(trace)
             D = x.shape[1]
-            for i in range(D):  # exact trace: one vector-Jacobian product per feature (row i of J)
+            for i in range(D):  # row i of J
                 (gi,) = torch.autograd.grad(v[:, i].sum(), x, create_graph=self.create_graph,
                                             retain_graph=self.create_graph or i < D - 1)
                 trace = trace + gi[:, i]
                 frobenius = frobenius + (gi**2).sum(1)
-        out = (v, trace, (v**2).sum(1), frobenius)
-        return out if self.create_graph else tuple(o.detach() for o in out)
+        return v, trace, frobenius
 
 
 def integrate(dynamics: nn.Module, x: torch.Tensor, t0: float, t1: float, method: str, steps: int, rtol: float,
@@ -182,7 +194,21 @@ class _CheckpointedStep(torch.autograd.Function):
         return (None, None, None, None, None, *grads)
 
 
-class ODEBlock(Transform):
+class ODETransform(Transform):
+    """What the neural-ODE bijections share: :meth:`_solve` integrates their ``dynamics`` (an
+    :class:`AugmentedDynamics`) with ``method``/``steps``/``rtol``/``atol`` (and ``adjoint`` or
+    ``checkpoint``) and keeps the RNODE penalties of the last call in ``kinetic`` and ``jacobian``."""
+
+    adjoint: bool = False
+    checkpoint: bool = False
+
+    def _solve(self, x: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x, logdet, self.kinetic, self.jacobian = integrate(self.dynamics, x, t0, t1, self.method, self.steps,
+                                                           self.rtol, self.atol, self.adjoint, self.checkpoint)
+        return x, logdet
+
+
+class ODEBlock(ODETransform):
     """Neural-ODE bijection on ``[N, D]`` with exact ``ln |det|`` (see module docstring).
 
     Args:
@@ -208,11 +234,6 @@ class ODEBlock(Transform):
         self.method, self.steps, self.rtol, self.atol, self.adjoint = method, steps, rtol, atol, adjoint
         self.kinetic: torch.Tensor | None = None
         self.jacobian: torch.Tensor | None = None
-
-    def _solve(self, x: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x, logdet, self.kinetic, self.jacobian = integrate(self.dynamics, x, t0, t1, self.method, self.steps,
-                                                           self.rtol, self.atol, self.adjoint)
-        return x, logdet
 
     def forward(self, inputs, context=None):
         return self._solve(inputs, 0.0, 1.0)

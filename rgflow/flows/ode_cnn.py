@@ -37,9 +37,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from nflows.transforms.base import Transform
 from torch import nn
-from rgflow.flows.ode import ODE_METHODS, integrate
+from rgflow.flows.ode import ODE_METHODS, AugmentedDynamics, ODETransform
 
 __all__ = ["ODECNNLevel", "colour_period", "colour_probes"]
 
@@ -112,18 +111,14 @@ class _CNNVelocity(nn.Module):
         return self._g(y, t) - self._g(-y, t) if self.symmetry == "z2" else self._g(y, t)
 
 
-class _Dynamics(nn.Module):
-    """Augmented state ``(y, ln|det|, kinetic, Jacobian penalty)`` with the colouring-probe divergence."""
-
-    def __init__(self, velocity: _CNNVelocity):
-        super().__init__()
-        self.velocity, self.radius = velocity, velocity.radius
-        self.create_graph = True
+class _Dynamics(AugmentedDynamics):
+    """CNN velocity on a level's sublattice: the divergence exact by colouring probes."""
 
     def divergence(self, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(v [B, C, m, m], tr dv/dy [B], sum_c |e_c^T J|^2 [B])``, the trace exact by colouring probes."""
+        t = t.reshape(1, 1, 1, 1).to(y)
         B, C, m = y.shape[0], y.shape[1], y.shape[-1]
-        probes = colour_probes(m, colour_period(m, self.radius), C, y.dtype, y.device)  # [P, C, m, m]
+        probes = colour_probes(m, colour_period(m, self.velocity.radius), C, y.dtype, y.device)  # [P, C, m, m]
         P = probes.shape[0]
         e = probes.unsqueeze(1).expand(P, B, C, m, m)
         with torch.enable_grad():
@@ -132,13 +127,8 @@ class _Dynamics(nn.Module):
             (g,) = torch.autograd.grad(v, yy, e, create_graph=self.create_graph, is_grads_batched=True)  # [P, B, ...]
         return v, (g * e).sum(dim=(0, 2, 3, 4)), (g**2).sum(dim=(0, 2, 3, 4))
 
-    def forward(self, t, state):
-        v, trace, frobenius = self.divergence(state[0], t.reshape(1, 1, 1, 1).to(state[0]))
-        out = (v, trace, (v**2).flatten(1).sum(1), frobenius)
-        return out if self.create_graph else tuple(o.detach() for o in out)
 
-
-class ODECNNLevel(Transform):
+class ODECNNLevel(ODETransform):
     """The ODE-CNN map of one level's sublattice, on whole fields ``[B, C, L, L] -> ([B, C, L, L], [B])``.
 
     Args:
@@ -175,12 +165,6 @@ class ODECNNLevel(Transform):
         self.checkpoint = checkpoint
         self.kinetic: torch.Tensor | None = None
         self.jacobian: torch.Tensor | None = None
-
-    def _solve(self, y: torch.Tensor, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
-        y, logdet, self.kinetic, self.jacobian = integrate(self.dynamics, y, t0, t1, self.method, self.steps,
-                                                           self.rtol, self.atol, adjoint=False,
-                                                           checkpoint=self.checkpoint)
-        return y, logdet
 
     def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.spacing

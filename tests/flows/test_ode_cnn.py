@@ -24,7 +24,7 @@ def _perturbed(layer, scale=0.2, seed=0):
 def test_colouring_divergence_equals_the_full_trace(float64, n_conv, m, period, symmetry):
     """The trace is exact for every period p > r; the Jacobian penalty is ||J||_F^2 when p > 2r or p = m."""
     layer = _perturbed(ODECNNLevel(Layout(8), 1, channels=2, hidden=5, n_conv=n_conv, symmetry=symmetry), 0.4)
-    radius = layer.dynamics.radius
+    radius = layer.dynamics.velocity.radius
     assert radius == n_conv + (symmetry == "u1") and colour_period(m, radius) == period
     y = torch.randn(3, 2, m, m)
     t = torch.tensor(0.37).reshape(1, 1, 1, 1)
