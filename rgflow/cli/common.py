@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["Parser", "add_eval_arguments", "run_eval"]
+__all__ = ["Parser", "add_eval_arguments", "add_family_parser", "run_eval", "run_train", "family_config"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,3 +38,41 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def family_config(args: argparse.Namespace, kind: str, new, exclude: set[str]):
+    """The config of a ``rgflow diffuse/images train`` call: the run's own (updated by the flags given)
+    with ``--resume``, else ``new(options)`` with a 5-minute budget unless one is given."""
+    from rgflow.runs import resume_config
+
+    options = {k: v for k, v in vars(args).items() if k not in exclude}
+    if args.resume:
+        return resume_config(args.out, kind, options)
+    if "steps" not in options and "minutes" not in options:
+        options["minutes"] = 5.0
+    return new(options)
+
+
+def run_train(args: argparse.Namespace, cfg, train) -> int:
+    """Print the resolved config (``--dry-run``) or train it into ``--out`` (``train(cfg, out, resume=...)``)."""
+    import logging
+
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    summary = train(cfg, args.out, resume=args.resume)
+    logging.getLogger("rgflow").info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
+    return 0
+
+
+def add_family_parser(sub, name: str, help: str, parser_class, config_cls, train_help: str):
+    """``rgflow NAME`` with its ``train`` (flags from ``config_cls``) and ``eval`` (the alias of ``rgflow
+    eval``) subcommands; returns the subparsers for the family's other commands."""
+    from rgflow.config import add_config_arguments, add_run_arguments
+
+    group = sub.add_parser(name, help=help)
+    family_sub = group.add_subparsers(dest=f"{name}_command", required=True, parser_class=parser_class)
+    tr = family_sub.add_parser("train", help=train_help)
+    add_config_arguments(tr, config_cls)
+    add_run_arguments(tr)
+    add_eval_arguments(family_sub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same "
+                                                          "flags"))
+    return family_sub

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from rgflow.cli.common import add_eval_arguments, run_eval
+from rgflow.cli.common import add_family_parser, family_config, run_eval, run_train
 from rgflow.diffusion.sampler import cost_of, steps_for_nfe
 
 __all__ = ["add_parser", "run"]
@@ -12,17 +12,12 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub, parser_class) -> None:
     """Add ``diffuse`` with its ``train``, ``eval`` and ``sample`` subcommands to the ``rgflow`` parser."""
-    from rgflow.config import add_config_arguments, add_run_arguments
     from rgflow.diffusion.sampler import SAMPLER_KINDS
     from rgflow.diffusion.train import WEIGHTS, DiffusionConfig
 
-    diffuse = sub.add_parser("diffuse", help="diffusion models on the RG hierarchy (train, eval, sample)")
-    dsub = diffuse.add_subparsers(dest="diffuse_command", required=True, parser_class=parser_class)
-    tr = dsub.add_parser("train", help="score matching on an ensemble .npz")
-    add_config_arguments(tr, DiffusionConfig)
-    add_run_arguments(tr)
+    dsub = add_family_parser(sub, "diffuse", "diffusion models on the RG hierarchy (train, eval, sample)", parser_class,
+                             DiffusionConfig, "score matching on an ensemble .npz")
     weights_help = "ema (default): the moving average of the weights; raw: the last trained weights"
-    add_eval_arguments(dsub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
     sa = dsub.add_parser("sample", help="draw fields with a fixed number of network evaluations")
     sa.add_argument("run")
     sa.add_argument("--nfe", type=int, required=True, help="network evaluations per stage (the one knob)")
@@ -40,26 +35,14 @@ _NOT_CONFIG = {"command", "diffuse_command", "out", "resume", "dry_run"}
 
 
 def _train(args) -> int:
-    import logging
-
     from rgflow.diffusion.train import config_for_ensemble, train_diffusion
-    from rgflow.runs import resume_config
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    if args.resume:
-        cfg = resume_config(args.out, "diffusion", options)
-    else:
+    def new(options: dict):
         if "data" not in options:
             raise ValueError("--data is required: an ensemble .npz from `rgflow mcmc ... --out` or `rgflow sample`")
-        if "steps" not in options and "minutes" not in options:
-            options["minutes"] = 5.0
-        cfg = config_for_ensemble(options.pop("data"), **options)
-    if args.dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    summary = train_diffusion(cfg, args.out, resume=args.resume)
-    logging.getLogger("rgflow").info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
-    return 0
+        return config_for_ensemble(options.pop("data"), **options)
+
+    return run_train(args, family_config(args, "diffusion", new, _NOT_CONFIG), train_diffusion)
 
 
 def _sample(args) -> int:

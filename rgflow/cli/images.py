@@ -5,27 +5,18 @@ and lattice flow runs alike."""
 from __future__ import annotations
 
 import json
-import logging
 
-from rgflow.cli.common import add_eval_arguments, run_eval
+from rgflow.cli.common import add_family_parser, family_config, run_eval, run_train
+
 
 __all__ = ["add_parser", "run"]
 
-log = logging.getLogger("rgflow")
-
-
 def add_parser(sub, parser_class) -> None:
     """Add ``images`` and its subcommands to the ``rgflow`` parser."""
-    from rgflow.config import add_config_arguments, add_run_arguments
     from rgflow.images.train import ImageConfig
 
-    images = sub.add_parser("images", help="flows on images by maximum likelihood, and the scale-separation demos")
-    isub = images.add_subparsers(dest="images_command", required=True, parser_class=parser_class)
-    tr = isub.add_parser("train", help="maximum-likelihood training on an image dataset (bits/dim)")
-    add_config_arguments(tr, ImageConfig)
-    add_run_arguments(tr)
-
-    add_eval_arguments(isub.add_parser("eval", help="alias of `rgflow eval RUN` (kept for scripts); the same flags"))
+    isub = add_family_parser(sub, "images", "flows on images by maximum likelihood, and the scale-separation demos",
+                             parser_class, ImageConfig, "maximum-likelihood training on an image dataset (bits/dim)")
 
     from rgflow.images.showcase import DEMOS
 
@@ -62,21 +53,8 @@ _NOT_CONFIG = {"command", "images_command", "out", "resume", "dry_run"}
 
 def _train(args) -> int:
     from rgflow.images.train import ImageConfig, train_images
-    from rgflow.runs import resume_config
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    if args.resume:
-        cfg = resume_config(args.out, "images", options)
-    else:
-        if "steps" not in options and "minutes" not in options:
-            options["minutes"] = 5.0
-        cfg = ImageConfig.from_dict(options)
-    if args.dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    summary = train_images(cfg, args.out, resume=args.resume)
-    log.info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
-    return 0
+    return run_train(args, family_config(args, "images", ImageConfig.from_dict, _NOT_CONFIG), train_images)
 
 
 def run(args) -> int:

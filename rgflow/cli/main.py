@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rgflow.cli.common import Parser, add_eval_arguments, run_eval
+from rgflow.cli.common import Parser, add_eval_arguments, run_eval, run_train
 from rgflow.config import (COUPLING_NAMES, TrainConfig, add_config_arguments, add_run_arguments, load_toml,
                            normalize_keys)
 
@@ -172,13 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from rgflow.train import train
 
-        cfg = config_from_args(args)
-        if args.dry_run:
-            print(json.dumps(cfg.to_dict(), indent=2))
-            return 0
-        summary = train(cfg, args.out, resume=args.resume)
-        log.info("trained %d steps in %.1f s -> %s", summary["step"], summary["elapsed"], args.out)
-        return 0
+        return run_train(args, config_from_args(args), train)
     if args.command == "eval":
         return run_eval(args)
     if args.command == "sample":
