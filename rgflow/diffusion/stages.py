@@ -86,6 +86,11 @@ class Stage(nn.Module):
         """Per-variable weight of the squared error in training (mean 1)."""
         return 1.0
 
+    def pooled(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-variable statistic ``[*shape]`` averaged over the variables that share their noise
+        schedule: all of a stage's (a scalar); per momentum shell for a spectral stage."""
+        return values.mean()
+
     @property
     def n_vars(self) -> int:
         return math.prod(self.shape)
@@ -140,6 +145,12 @@ class SpectralStage(Stage):
 
     def loss_weight(self, like):
         return self.shell_weight.to(like)
+
+    def pooled(self, values):
+        shells = momentum_shells(self.P.shape[-1]).to(values.device).expand_as(values).flatten()
+        sums = torch.zeros(int(shells.max()) + 1, dtype=values.dtype, device=values.device)
+        sums.index_add_(0, shells, values.flatten())
+        return (sums / torch.bincount(shells).to(values))[shells].reshape(values.shape)
 
     def noise(self, tau: torch.Tensor) -> torch.Tensor:
         """``s(tau) [B]``."""

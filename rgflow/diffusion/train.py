@@ -148,11 +148,13 @@ def replicas(n_vars: list[int], most: int = 32) -> list[int]:
 
 
 @torch.no_grad()
-def force_residual(model, fields: torch.Tensor, action) -> list[float]:
-    """``rho_s = E[|u + g|^2]`` per variable of every stage on ``fields`` (the force target's variance)."""
+def force_residual(model, fields: torch.Tensor, action) -> list[torch.Tensor]:
+    """``rho = E[|u + g|^2]`` (the force target's variance) per stage on ``fields``, pooled over the variables
+    that share a noise schedule (:meth:`~rgflow.diffusion.stages.Stage.pooled`: a stage, or a momentum shell
+    of a spectral stage, where the zero mode's ``rho`` is as large as the top level's)."""
     loss = DenoisingLoss(model, lambda n: fields, torch.Generator(device=fields.device), action)
     zs, _, gs = loss.encode(len(fields))
-    return [float(((z + g) ** 2).mean()) for z, g in zip(zs, gs)]
+    return [stage.pooled(((z + g) ** 2).mean(0)) for stage, z, g in zip(model.stages, zs, gs)]
 
 
 def build_model(cfg: DiffusionConfig, P: torch.Tensor | None, channels: int, device: str = "cpu") -> DiffusionModel:
@@ -216,7 +218,7 @@ class DenoisingLoss(nn.Module):
     """
 
     def __init__(self, model: DiffusionModel, draw, generator: torch.Generator, action=None,
-                 rho: list[float] | None = None):
+                 rho: list | None = None):
         super().__init__()
         self.model, self.draw, self.generator, self.action = model, draw, generator, action
         self.rho = rho or [0.0] * len(model.stages)
@@ -242,7 +244,7 @@ class DenoisingLoss(nn.Module):
             grads = torch.autograd.grad(self.action.evaluate(x).sum(), leaves)
         return zs, ctx, [-g for g in grads]
 
-    def stage_loss(self, stage, u, context, g, n_rep: int, rho: float = 0.0) -> torch.Tensor:
+    def stage_loss(self, stage, u, context, g, n_rep: int, rho=0.0) -> torch.Tensor:
         gen = self.generator
         if n_rep > 1:
             u = u.repeat(n_rep, *[1] * (u.dim() - 1))
@@ -255,7 +257,7 @@ class DenoisingLoss(nn.Module):
         sin, cos = torch.sin(theta), torch.cos(theta)
         target = sin * u - cos * eps
         if g is not None:
-            w = 1 / (1 + rho * sin**2)
+            w = 1 / (1 + (rho.to(u) if torch.is_tensor(rho) else rho) * sin**2)
             target = w * sin * (u + g) + (1 - w) * target
         return (stage.loss_weight(u) * (stage.velocity(z, tau, context) - target) ** 2).mean()
 
@@ -356,7 +358,8 @@ def _diffusion_task(cfg: DiffusionConfig, ctx, device: str):
         return {**ema.state(), **({"pool": pool.state()} if pool is not None else {})}
 
     return Task(model, loss, gen, quick_eval=quick_eval, after_step=ema.update,
-                log_extras=lambda: {"loss_per_stage": loss.last_parts, **({"force_rho": rho} if rho else {})},
+                log_extras=lambda: {"loss_per_stage": loss.last_parts,
+                                    **({"force_rho_max": [float(r.max()) for r in rho]} if rho else {})},
                 extra_state=extra_state, load_extra_state=load_extra)
 
 
