@@ -109,7 +109,7 @@ def test_invariance_check_refuses_a_group_the_action_lacks():
 def test_config_builds_the_mixture_and_refuses_bad_values():
     model = build_model(TrainConfig(action="ising", L=8, steps=1, symmetrize="z2"))
     assert isinstance(model, SymmetrizedFlow) and model.group == "z2"
-    with pytest.raises(ValueError, match="symmetrize='c3' is not allowed; allowed: None, z2, d4, z2xd4"):
+    with pytest.raises(ValueError, match="symmetrize='c3' is not allowed; allowed: auto, none, z2, d4, z2xd4"):
         TrainConfig(steps=1, symmetrize="c3")
     with pytest.raises(ValueError, match="symmetrize='z2' with symmetric=true"):
         TrainConfig(steps=1, symmetrize="z2", symmetric=True)
