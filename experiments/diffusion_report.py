@@ -102,10 +102,46 @@ def plot_ladders(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_coarse_to_fine(run: Path, ensemble: Path, path: Path, nfe: int = 4, seed: int = 0) -> None:
+    """One sample of a trained ``rg`` model and one HMC field, block-averaged over 2^l x 2^l cells for
+    every level l: the order in which the RG schedule generates them (the coarse field of level l is
+    the stage generated l levels before the last)."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from rgflow.diffusion.sampler import sample_fields
+    from rgflow.ensemble import load_ensemble
+    from rgflow.runs import open_run
+
+    model = open_run(run, "diffusion", weights="ema").model
+    x, _ = sample_fields(model, 1, nfe, "ode", torch.Generator().manual_seed(seed))
+    hmc = torch.as_tensor(load_ensemble(ensemble).fields[:1], dtype=x.dtype)
+    L = x.shape[-1]
+    levels = list(range(L.bit_length() - 1, -1, -1))
+    fig, axes = plt.subplots(2, len(levels), figsize=(1.6 * len(levels), 3.6), squeeze=False)
+    for row, (field, name) in enumerate(((x, f"diffusion (rg, NFE {nfe})"), (hmc, "HMC"))):
+        vmax = float(field.abs().max())
+        for ax, lvl in zip(axes[row], levels):
+            b = 2**lvl
+            coarse = torch.nn.functional.avg_pool2d(field[:, :1], b).repeat_interleave(b, -1).repeat_interleave(b, -2)
+            ax.imshow(coarse[0, 0].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{L // b}x{L // b}" if row == 0 else "", fontsize=8)
+        axes[row][0].set_ylabel(name, fontsize=8)
+    fig.suptitle("coarse to fine: the field averaged over the cells of each RG level", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(work: Path, out: Path) -> dict:
     res = gather(work)
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot_ladders(res, ROOT.parent / "figures" / "benchmark_diffusion.png")
+    run = work / "crit-L32-rg-local"
+    if run.is_dir():
+        plot_coarse_to_fine(run, Path(res["data"]["crit-32"]["ensemble"]),
+                            ROOT.parent / "figures" / "diffusion_coarse_to_fine.png")
     print(correctness_table(res, {"rg": 4, "standard": 64, "ve": 64}))
     print()
     print(nfe_table(res))
