@@ -42,7 +42,7 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         layout = Layout(cfg.L, block_size=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
-                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
+                          equivariance=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
                           ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint)
     if cfg.symmetrize:
         from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
