@@ -87,8 +87,8 @@ def test_tebd_translation_period_is_the_block():
     assert Layout(8, kind="tebd", depth=2).translation_period == 2
 
 
-def test_trained_symmetric_flow_has_zero_magnetisation(tmp_path):
-    cfg = TrainConfig(action="phi4", L=4, block="affine", symmetric=True, hidden=16, n_couplings=2, steps=300,
+def test_trained_equivariant_flow_has_zero_magnetisation(tmp_path):
+    cfg = TrainConfig(action="phi4", L=4, block="affine", equivariant=True, hidden=16, n_couplings=2, steps=300,
                       batch_size=64, eval_every=10**6)
     train(cfg, tmp_path / "run")
     run = open_run(tmp_path / "run", "flow")
