@@ -43,7 +43,8 @@ def test_block_size_means_the_block_side_everywhere():
 
 def test_the_old_names_are_gone_from_the_api_the_flags_and_toml(tmp_path, capsys):
     """One name per concept: `block=`, `couplings=`, `--couplings`, train's `--schedule` and `--symmetric` /
-    `--symmetrize` (now `--equivariant` / `--mixture`) were removed; old run folders still load (their config is migrated in one place, rgflow.config.migrate_config)."""
+    `--symmetrize` (now `--equivariant` / `--mixture`) were removed; old run folders still load (their config
+    is migrated in one place, rgflow.config.migrate_config)."""
     with pytest.raises(TypeError):
         Layout(16, block=4)
     with pytest.raises(TypeError):
