@@ -40,9 +40,9 @@ from rgflow.train.loop import build_model  # noqa: E402
 BLOCK_CASES = ("phi4-L8", "ising-L16", "phi4-L32")
 VARIANTS = {
     "spline": {"block": "spline"},
-    "spline-z2": {"block": "spline", "symmetric": True},
+    "spline-z2": {"block": "spline", "equivariant": True},
     "ode": {"block": "ode"},
-    "ode-z2": {"block": "ode", "symmetric": True},
+    "ode-z2": {"block": "ode", "equivariant": True},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "ode_steps": 4},
     "spline+ode-cnn": {"block": "spline", "ode_levels": "1:", "ode_steps": 4},
 }

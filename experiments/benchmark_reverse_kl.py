@@ -8,8 +8,8 @@ Cases (all trained on this machine, one after the other, same wall-clock budget 
 * ``phi4-L32``: m2 = -4, lam = 4.572 (xi ~ 8), L = 32, longer budget.
 
 Flows: ``rgflow`` = :class:`rgflow.config.TrainConfig` defaults; ``rgflow-z2`` = the same MERA
-with exactly Z2-odd affine blocks (``--block affine --symmetric``); ``rgflow-sym`` = the default flow's
-exact Z2 mixture ``q_G(x) = (q(x) + q(-x)) / 2`` (``--symmetrize z2``); ``flat`` = 16 checkerboard
+with exactly Z2-odd affine blocks (``--block affine --equivariant``); ``rgflow-sym`` = the default flow's
+exact Z2 mixture ``q_G(x) = (q(x) + q(-x)) / 2`` (``--mixture z2``); ``flat`` = 16 checkerboard
 affine couplings with 3x3 circular CNNs 1 -> 8 -> 8 -> 2 (LeakyReLU, final Tanh), Adam lr 1e-3,
 batch 64, constant learning rate (Albergo et al. 2021 tutorial).
 
@@ -52,8 +52,8 @@ CASES = {
 }
 FLOWS = {
     "rgflow": {},
-    "rgflow-z2": {"block": "affine", "symmetric": True},
-    "rgflow-sym": {"symmetrize": "z2"},
+    "rgflow-z2": {"block": "affine", "equivariant": True},
+    "rgflow-sym": {"mixture": "z2"},
     "flat": {"flow": "flat", "n_couplings": 16, "hidden": 8, "layers": 2, "lr": 1e-3, "batch_size": 64,
              "lr_schedule": "constant", "learn_level_scale": False},
 }

@@ -201,12 +201,12 @@ class TrainConfig(LoopConfig):
     tail_bound: float | None = option(None, "spline interval [-B, B]", group="flow")
     prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS, group="flow")
     learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
-    symmetric: bool = option(False, "exactly symmetric blocks: Z2 (phi -> -phi) for real fields, U(1) for complex "
-                             "(ode)", group="flow")
-    symmetrize: str | None = option("auto", "train and sample the exact mixture q_G(x) = mean_g q(g x) over this "
-                                    "symmetry group of the action (z2: phi -> -phi; d4: lattice rotations/reflections; "
-                                    "z2xd4: both); default auto: z2 for the Ising model, none otherwise",
-                                    choices=("auto", "none", "z2", "d4", "z2xd4"), group="flow")
+    equivariant: bool = option(False, "exactly equivariant blocks: Z2-odd (phi -> -phi) for real fields, U(1) for "
+                               "complex (ode)", group="flow")
+    mixture: str | None = option("auto", "train and sample the exact mixture q_G(x) = mean_g q(g x) over this "
+                                 "symmetry group of the action (z2: phi -> -phi; d4: lattice rotations/reflections; "
+                                 "z2xd4: both); default auto: z2 for the Ising model, none otherwise",
+                                 choices=("auto", "none", "z2", "d4", "z2xd4"), group="flow")
     ode_method: str = option("rk4", choices=ODE_METHODS, group="flow")
     ode_steps: int = option(8, "fixed-step ODE solver steps", group="flow")
     ode_levels: str | None = option(None, "neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels "
@@ -228,13 +228,13 @@ class TrainConfig(LoopConfig):
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
-        "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric", "symmetrize",
+        "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant", "mixture",
         "ode_method", "ode_steps", "ode_levels",
     )
 
     def __post_init__(self):
-        if self.symmetrize == "auto":  # the Z2 mixture where a flow is known to miss a sector: the Ising model
-            self.symmetrize = "z2" if self.action == "ising" and not self.symmetric else None
+        if self.mixture == "auto":  # the Z2 mixture where a flow is known to miss a sector: the Ising model
+            self.mixture = "z2" if self.action == "ising" and not self.equivariant else None
         num_bins, tail_bound = spline_range(self.action)
         if self.tail_bound is None:
             self.tail_bound = tail_bound
@@ -264,16 +264,16 @@ class TrainConfig(LoopConfig):
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved
-        if self.symmetric:
-            allowed = ("affine", "spline", "ode", "ode-cnn") if self.symmetry == "z2" else ("ode", "ode-cnn")
+        if self.equivariant:
+            allowed = ("affine", "spline", "ode", "ode-cnn") if self.equivariance == "z2" else ("ode", "ode-cnn")
             if self.flow == "flat" or self.block not in allowed:
-                raise ValueError(f"symmetric={self.symmetric} needs flow='mera' or 'tebd' and block in {allowed} "
+                raise ValueError(f"equivariant={self.equivariant} needs flow='mera' or 'tebd' and block in {allowed} "
                                  f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")
         from rgflow.flows.symmetrize import SYMMETRY_GROUPS
 
-        choice("symmetrize", (None, *SYMMETRY_GROUPS))
-        if self.symmetrize in ("z2", "z2xd4") and self.symmetric and self.symmetry == "z2":
-            raise ValueError(f"symmetrize={self.symmetrize!r} with symmetric=true is not allowed: the blocks are "
+        choice("mixture", (None, *SYMMETRY_GROUPS))
+        if self.mixture in ("z2", "z2xd4") and self.equivariant and self.equivariance == "z2":
+            raise ValueError(f"mixture={self.mixture!r} with equivariant=true is not allowed: the blocks are "
                              "already exactly Z2-odd (use one or the other)")
         if self.flow == "flat":
             if self.L < 2 or self.L % 2:
@@ -289,9 +289,9 @@ class TrainConfig(LoopConfig):
                 parse_levels(self.ode_levels, layout.n_levels)
 
     @property
-    def symmetry(self) -> str | None:
-        """The exact symmetry the blocks carry: ``"z2"`` (real fields) or ``"u1"`` (complex), or None."""
-        if not self.symmetric:
+    def equivariance(self) -> str | None:
+        """The group the equivariant blocks carry exactly: ``"z2"`` (real fields) or ``"u1"`` (complex), or None."""
+        if not self.equivariant:
             return None
         return "u1" if ACTION_PARAMS[self.action][1] == 2 else "z2"
 
@@ -302,11 +302,16 @@ class TrainConfig(LoopConfig):
 def migrate_config(data: dict) -> dict:
     """A saved run config (``config.json`` or a checkpoint's) as the current code reads it: folders from
     before model families had kinds hold flows; flow folders from before symmetrised flows hold plain
-    flows. The one place old folders are migrated."""
+    flows; ``symmetric`` and ``symmetrize`` are the first names of ``equivariant`` and ``mixture``. The
+    one place old folders are migrated."""
     data = dict(data)
     data.setdefault("kind", "flow")
     if data["kind"] == "flow":
-        data.setdefault("symmetrize", None)
+        for old, new in (("symmetric", "equivariant"), ("symmetrize", "mixture")):
+            if old in data:
+                value = data.pop(old)
+                data.setdefault(new, value)
+        data.setdefault("mixture", None)
         if data.get("schedule") in ("cosine", "constant"):  # the learning-rate schedule's first name
             data["lr_schedule"] = data.pop("schedule")
         old = data.pop("couplings", None)  # first the physics table, then the number of coupling layers

@@ -18,7 +18,7 @@ def _shapes(module):
 @pytest.mark.parametrize("action,spline", [("phi4", {}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
 def test_build_flow_defaults_equal_the_training_config(action, spline):
     """The README's Python snippet builds the flow `rgflow train` trains (same blocks, prior, spline range);
-    for the Ising model `rgflow train` trains its Z2 mixture (--symmetrize auto)."""
+    for the Ising model `rgflow train` trains its Z2 mixture (--mixture auto)."""
     from rgflow.flows.symmetrize import SymmetrizedFlow
 
     api = build_flow(Layout(8), **spline)
@@ -42,15 +42,16 @@ def test_block_size_means_the_block_side_everywhere():
 
 
 def test_the_old_names_are_gone_from_the_api_the_flags_and_toml(tmp_path, capsys):
-    """One name per concept: `block=`, `couplings=`, `--couplings` and train's `--schedule` were removed;
-    old run folders still load (their config is migrated in one place, rgflow.config.migrate_config)."""
+    """One name per concept: `block=`, `couplings=`, `--couplings`, train's `--schedule` and `--symmetric` /
+    `--symmetrize` (now `--equivariant` / `--mixture`) were removed; old run folders still load (their config
+    is migrated in one place, rgflow.config.migrate_config)."""
     with pytest.raises(TypeError):
         Layout(16, block=4)
     with pytest.raises(TypeError):
         make_block("affine", 2, couplings=3)
     with pytest.raises(TypeError):
         build_flow(Layout(4), couplings=2)
-    for flag in (["--couplings", "3"], ["--schedule", "constant"]):
+    for flag in (["--couplings", "3"], ["--schedule", "constant"], ["--symmetric"], ["--symmetrize", "z2"]):
         with pytest.raises(SystemExit) as exc:
             main(["train", *flag, "--steps", "1", "--out", str(tmp_path / "r"), "--dry-run"])
         assert exc.value.code == 2
@@ -85,6 +86,41 @@ def test_checkpoint_of_an_older_version_loads(tmp_path):
     old["couplings"] = state["config"]["params"]
     torch.save({**state, "config": old}, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt", cfg.to_dict())["step"] == 2
+
+
+def test_a_run_folder_with_the_old_symmetry_keys_loads(tmp_path, capsys):
+    """`symmetric` and `symmetrize`, the first names of `equivariant` and `mixture`, in a saved config.json
+    and checkpoint: the folder opens as the same model, its checkpoint loads and `--resume` reads it."""
+    from rgflow.config import migrate_config
+    from rgflow.flows.symmetrize import SymmetrizedFlow
+    from rgflow.runs import open_run
+
+    cfg = TrainConfig(action="ising", L=4, block="affine", equivariant=True, mixture="d4", hidden=8, n_couplings=2,
+                      batch_size=8, steps=2)
+    run = tmp_path / "run"
+    train(cfg, run)
+
+    def old_keys(data):
+        data = dict(data)
+        data["symmetric"], data["symmetrize"] = data.pop("equivariant"), data.pop("mixture")
+        return data
+
+    (run / "config.json").write_text(json.dumps(old_keys(json.loads((run / "config.json").read_text()))))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "config": old_keys(state["config"])}, run / "checkpoint.pt")
+    assert "equivariant" not in json.loads((run / "config.json").read_text())
+
+    opened = open_run(run, "flow")
+    assert opened.config.equivariant is True and opened.config.equivariance == "z2" and opened.config.mixture == "d4"
+    assert isinstance(opened.model, SymmetrizedFlow) and opened.model.group == "d4"
+    assert load_checkpoint(run / "checkpoint.pt", cfg.to_dict())["step"] == 2
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--dry-run"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["equivariant"] is True and resumed["mixture"] == "d4" and "symmetric" not in resumed
+    # a folder from before the mixture existed held a plain flow; a new key wins over its old name
+    assert migrate_config({"symmetric": False})["mixture"] is None
+    assert migrate_config({"symmetrize": "z2", "mixture": None})["mixture"] is None
 
 
 def test_minutes_is_a_wall_clock_budget_including_evaluations(tmp_path):

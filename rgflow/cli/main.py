@@ -115,8 +115,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = normalize_keys({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG})
     params = {**data.pop("params"), **flags.pop("params")}
     data.update(flags)
-    if data.get("symmetrize") == "none":  # TOML files and flags spell "no group" as "none"
-        data["symmetrize"] = None
+    if data.get("mixture") == "none":  # TOML files and flags spell "no group" as "none"
+        data["mixture"] = None
     if "steps" not in data and "minutes" not in data:
         data["minutes"] = 5.0
     if data.get("data") and not args.resume:

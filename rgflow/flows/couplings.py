@@ -200,14 +200,14 @@ class OddSplineCoupling(CouplingTransform):
 
 
 def spline_coupling(mask, hidden: int, layers: int, num_bins: int = 8, tail_bound: float = 4.0,
-                    symmetry: str | None = None):
+                    equivariance: str | None = None):
     """nflows rational-quadratic spline coupling, linear tails, identity at initialisation.
 
     The conditioner's output bias puts every knot derivative at exactly 1
-    (``softplus(b) + min_derivative = 1``) with uniform bins. ``symmetry="z2"`` gives the
+    (``softplus(b) + min_derivative = 1``) with uniform bins. ``equivariance="z2"`` gives the
     odd :class:`OddSplineCoupling` (odd shifts, even knots via :class:`Z2Conditioner`).
     """
-    odd = symmetry == "z2"
+    odd = equivariance == "z2"
     n_transformed = int(mask.sum())
 
     def create(in_features: int, out_features: int) -> nn.Module:
@@ -264,7 +264,7 @@ def make_block(
     layers: int = 2,
     num_bins: int | None = None,
     tail_bound: float | None = None,
-    symmetry: str | None = None,
+    equivariance: str | None = None,
     ode_method: str = "rk4",
     ode_steps: int = 8,
 ) -> Transform:
@@ -279,7 +279,7 @@ def make_block(
         hidden, layers: conditioner / velocity MLP width and depth.
         num_bins, tail_bound: spline parameters (``kind="spline"``; default
             :func:`rgflow.defaults.spline_range`, 8 bins on ``[-6, 6]``).
-        symmetry: ``None``, ``"z2"`` (odd block: affine, spline or ode) or ``"u1"`` (ode, two channels).
+        equivariance: ``None``, ``"z2"`` (odd block: affine, spline or ode) or ``"u1"`` (ode, two channels).
         ode_method, ode_steps: solver of ``kind="ode"`` (see :class:`rgflow.flows.ode.ODEBlock`).
     """
     from rgflow.flows.ode import ODEBlock
@@ -297,11 +297,11 @@ def make_block(
     if n_couplings < 1:
         raise ValueError(f"n_couplings must be >= 1, got {n_couplings}")
     allowed = {"affine": (None, "z2"), "spline": (None, "z2"), "ode": (None, "z2", "u1")}[kind]
-    if symmetry not in allowed:
-        raise ValueError(f"symmetry={symmetry!r} is not available for block kind {kind!r}; allowed: {allowed}")
+    if equivariance not in allowed:
+        raise ValueError(f"equivariance={equivariance!r} is not available for block kind {kind!r}; allowed: {allowed}")
     features = channels * block * block
     if kind == "ode":
-        return BlockStack([ODEBlock(features, hidden, layers, ode_method, ode_steps, symmetry=symmetry)
+        return BlockStack([ODEBlock(features, hidden, layers, ode_method, ode_steps, equivariance=equivariance)
                                    for _ in range(n_couplings)])
     layers_ = []
     for mask in block_masks(block, channels, n_couplings):
@@ -310,9 +310,9 @@ def make_block(
 
             def create(i, o, n_shift=n_shift):
                 net = ConditionerMLP(i, o, hidden, layers)
-                return Z2Conditioner(net, n_shift) if symmetry == "z2" else net
+                return Z2Conditioner(net, n_shift) if equivariance == "z2" else net
 
             layers_.append(AffineCoupling(mask, create))
         else:
-            layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound, symmetry))
+            layers_.append(spline_coupling(mask, hidden, layers, num_bins, tail_bound, equivariance))
     return BlockStack(layers_)

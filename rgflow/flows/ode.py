@@ -11,7 +11,7 @@ never with a Hutchinson estimate, so ``ln q`` can feed importance weights, ESS a
 tests. Log-det accuracy is that of the ODE solver: fixed-step ``rk4`` (default, deterministic)
 or adaptive ``dopri5`` with ``rtol``/``atol``.
 
-Symmetries (``symmetry=``):
+Equivariance (``equivariance=``):
 
 * ``"z2"``: ``f(x,t) = g(x,t) - g(-x,t)`` is odd, so the map is odd, ``phi(-x) = -phi(x)``, and
   ``ln q(-x) = ln q(x)`` for a symmetric prior.
@@ -31,10 +31,10 @@ from nflows.transforms.base import Transform
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["ODEBlock", "ODETransform", "AugmentedDynamics", "ODE_METHODS", "SYMMETRIES", "integrate"]
+__all__ = ["ODEBlock", "ODETransform", "AugmentedDynamics", "ODE_METHODS", "EQUIVARIANCES", "integrate"]
 
 ODE_METHODS = ("rk4", "euler", "midpoint", "dopri5")
-SYMMETRIES = (None, "z2", "u1")
+EQUIVARIANCES = (None, "z2", "u1")
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int, out_bias: bool = True) -> nn.Sequential:
@@ -53,19 +53,19 @@ def _mlp(n_in: int, n_out: int, hidden: int, layers: int, out_bias: bool = True)
 class _Velocity(nn.Module):
     """Time-conditioned velocity ``f(x, t)``, plain, odd (Z2) or U(1)-equivariant."""
 
-    def __init__(self, features: int, hidden: int, layers: int, symmetry: str | None):
+    def __init__(self, features: int, hidden: int, layers: int, equivariance: str | None):
         super().__init__()
-        self.symmetry = symmetry
-        if symmetry == "u1":
+        self.equivariance = equivariance
+        if equivariance == "u1":
             if features % 2:
-                raise ValueError(f"symmetry='u1' needs two channels (an even number of features), got {features}")
+                raise ValueError(f"equivariance='u1' needs two channels (an even number of features), got {features}")
             k = features // 2
             iu = torch.triu_indices(k, k, offset=1)
             self.register_buffer("pairs", iu, persistent=False)
             self.net = _mlp(k + 2 * iu.shape[1] + 1, 2 * k * k, hidden, layers)
             self.k = k
         else:  # an output bias would cancel in g(x) - g(-x): leave it out for z2
-            self.net = _mlp(features + 1, features, hidden, layers, out_bias=symmetry != "z2")
+            self.net = _mlp(features + 1, features, hidden, layers, out_bias=equivariance != "z2")
 
     def _g(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
@@ -82,9 +82,9 @@ class _Velocity(nn.Module):
         return torch.cat([fr, fi], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.symmetry == "u1":
+        if self.equivariance == "u1":
             return self._u1(x, t)
-        if self.symmetry == "z2":
+        if self.equivariance == "z2":
             return self._g(x, t) - self._g(-x, t)
         return self._g(x, t)
 
@@ -217,20 +217,20 @@ class ODEBlock(ODETransform):
         steps: fixed-step solvers' number of steps on ``[0, 1]``.
         rtol, atol: adaptive solvers' tolerances.
         adjoint: use the adjoint method (constant memory; gradients by a backward solve).
-        symmetry: ``None``, ``"z2"`` (odd map) or ``"u1"`` (phase-equivariant, two channels).
+        equivariance: ``None``, ``"z2"`` (odd map) or ``"u1"`` (phase-equivariant, two channels).
     """
 
     def __init__(self, features: int, hidden: int = 32, layers: int = 2, method: str = "rk4", steps: int = 8,
-                 rtol: float = 1e-6, atol: float = 1e-8, adjoint: bool = False, symmetry: str | None = None):
+                 rtol: float = 1e-6, atol: float = 1e-8, adjoint: bool = False, equivariance: str | None = None):
         super().__init__()
         if method not in ODE_METHODS:
             raise ValueError(f"method={method!r} is not allowed; allowed: {', '.join(ODE_METHODS)}")
-        if symmetry not in SYMMETRIES:
-            raise ValueError(f"symmetry={symmetry!r} is not allowed; allowed: None, 'z2', 'u1'")
+        if equivariance not in EQUIVARIANCES:
+            raise ValueError(f"equivariance={equivariance!r} is not allowed; allowed: None, 'z2', 'u1'")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.features = features
-        self.dynamics = _Dynamics(_Velocity(features, hidden, layers, symmetry))
+        self.dynamics = _Dynamics(_Velocity(features, hidden, layers, equivariance))
         self.method, self.steps, self.rtol, self.atol, self.adjoint = method, steps, rtol, atol, adjoint
         self.kinetic: torch.Tensor | None = None
         self.jacobian: torch.Tensor | None = None

@@ -6,7 +6,7 @@ along ``dy/dt = v_theta(y, t)`` for ``t: 0 -> 1`` (data -> latent), with ``v`` a
 (``n_conv`` 3x3 circular convolutions, tanh, time as an input channel, last layer zero so the map
 starts as the identity). So the map is exactly equivariant under the sublattice's translations and
 local: ``dv_i/dy_j = 0`` unless ``i`` and ``j`` are within ``r = n_conv`` sites in both axes.
-``symmetry="z2"`` makes ``v(-y) = -v(y)`` (an odd map). ``symmetry="u1"`` (two channels,
+``equivariance="z2"`` makes ``v(-y) = -v(y)`` (an odd map). ``equivariance="u1"`` (two channels,
 ``psi = y_0 + i y_1``) makes ``v(e^{ia} psi) = e^{ia} v(psi)``: the CNN sees only the local U(1)
 invariants ``|psi_i|^2`` and ``psi_i^* psi_{i+e}`` (``e`` = one site right / down) and returns
 complex coefficients ``c_{i,d}`` (components in ``(-1, 1)``, so ``v`` grows at most linearly) with
@@ -72,22 +72,22 @@ class _CNNVelocity(nn.Module):
     """``v(y, t)``: circular 3x3 convolutions ``n_in + 1 -> hidden -> ... -> n_out`` (tanh), last layer zero;
     ``n_in, n_out = C, C`` (plain, z2) or ``5, 10`` (u1: invariants in, complex coefficients out)."""
 
-    def __init__(self, channels: int, hidden: int, n_conv: int, symmetry: str | None):
+    def __init__(self, channels: int, hidden: int, n_conv: int, equivariance: str | None):
         super().__init__()
-        if symmetry == "u1" and channels != 2:
-            raise ValueError(f"symmetry='u1' needs a two-channel (complex) field, got channels={channels}")
-        n_in, n_out = (5, 2 * len(_U1_SHIFTS)) if symmetry == "u1" else (channels, channels)
+        if equivariance == "u1" and channels != 2:
+            raise ValueError(f"equivariance='u1' needs a two-channel (complex) field, got channels={channels}")
+        n_in, n_out = (5, 2 * len(_U1_SHIFTS)) if equivariance == "u1" else (channels, channels)
         dims = [n_in + 1] + [hidden] * (n_conv - 1)
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             mods += [nn.Conv2d(a, b, 3, padding=1, padding_mode="circular"), nn.Tanh()]
-        out = nn.Conv2d(dims[-1], n_out, 3, padding=1, padding_mode="circular", bias=symmetry != "z2")
+        out = nn.Conv2d(dims[-1], n_out, 3, padding=1, padding_mode="circular", bias=equivariance != "z2")
         nn.init.zeros_(out.weight)
         if out.bias is not None:
             nn.init.zeros_(out.bias)
         self.net = nn.Sequential(*mods, out)
-        self.symmetry = symmetry
-        self.radius = n_conv + (symmetry == "u1")
+        self.equivariance = equivariance
+        self.radius = n_conv + (equivariance == "u1")
 
     def _g(self, y, t):
         return self.net(torch.cat([y, t.expand(y.shape[0], 1, *y.shape[2:])], dim=1))
@@ -106,9 +106,9 @@ class _CNNVelocity(nn.Module):
         return v
 
     def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.symmetry == "u1":
+        if self.equivariance == "u1":
             return self._u1(y, t)
-        return self._g(y, t) - self._g(-y, t) if self.symmetry == "z2" else self._g(y, t)
+        return self._g(y, t) - self._g(-y, t) if self.equivariance == "z2" else self._g(y, t)
 
 
 class _Dynamics(AugmentedDynamics):
@@ -135,7 +135,7 @@ class ODECNNLevel(ODETransform):
         layout: the RG layout; level: which level's sublattice (spacing ``2^level``) it moves.
         channels: field components ``C``; hidden: CNN width; n_conv: convolutions (radius ``r = n_conv``).
         method, steps, rtol, atol: solver (see the module docstring).
-        symmetry: ``None``, ``"z2"`` (odd velocity, odd map) or ``"u1"`` (phase-equivariant, ``C = 2``).
+        equivariance: ``None``, ``"z2"`` (odd velocity, odd map) or ``"u1"`` (phase-equivariant, ``C = 2``).
         checkpoint: recompute each solver step's graph in the backward pass (fixed-step methods).
 
     After each call ``kinetic`` and ``jacobian`` hold the RNODE penalties ``int |v|^2 dt`` and
@@ -145,13 +145,14 @@ class ODECNNLevel(ODETransform):
     role = "ode"
 
     def __init__(self, layout, level: int, channels: int = 1, hidden: int = 16, n_conv: int = 2, method: str = "rk4",
-                 steps: int = 4, rtol: float = 1e-6, atol: float = 1e-8, symmetry: str | None = None,
+                 steps: int = 4, rtol: float = 1e-6, atol: float = 1e-8, equivariance: str | None = None,
                  checkpoint: bool = False):
         super().__init__()
         if method not in ODE_METHODS:
             raise ValueError(f"method={method!r} is not allowed; allowed: {', '.join(ODE_METHODS)}")
-        if symmetry not in (None, "z2", "u1"):
-            raise ValueError(f"symmetry={symmetry!r} is not allowed for ode-cnn levels; allowed: None, 'z2', 'u1'")
+        if equivariance not in (None, "z2", "u1"):
+            raise ValueError(f"equivariance={equivariance!r} is not allowed for ode-cnn levels; "
+                             "allowed: None, 'z2', 'u1'")
         if checkpoint and method == "dopri5":
             raise ValueError("checkpoint=True needs a fixed-step method; allowed: rk4, euler, midpoint")
         if not 0 <= level < layout.n_levels:
@@ -160,7 +161,7 @@ class ODECNNLevel(ODETransform):
             raise ValueError(f"n_conv and steps must be >= 1, got {n_conv}, {steps}")
         self.level = level
         self.spacing = next(sub.spacing for sub in layout.sublayers if sub.level == level)
-        self.dynamics = _Dynamics(_CNNVelocity(channels, hidden, n_conv, symmetry))
+        self.dynamics = _Dynamics(_CNNVelocity(channels, hidden, n_conv, equivariance))
         self.method, self.steps, self.rtol, self.atol = method, steps, rtol, atol
         self.checkpoint = checkpoint
         self.kinetic: torch.Tensor | None = None

@@ -152,19 +152,20 @@ def build_flow(
     quadratic spline blocks (``num_bins``/``tail_bound`` from :func:`rgflow.defaults.spline_range`;
     pass ``num_bins=12, tail_bound=10`` for the Ising relaxation as the CLI does), 4 couplings per
     block, width 32, learned per-level prior scales. ``block_kwargs`` go to
-    :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``symmetry``, ODE options).
+    :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``equivariance``, ODE options).
 
     ``block="ode-cnn"`` puts an :class:`~rgflow.flows.ode_cnn.ODECNNLevel` (a CNN velocity of width
     ``hidden`` with ``layers`` convolutions, solver ``ode_method``/``ode_steps``, step checkpointing
     ``ode_checkpoint``) on every level;
     ``ode_levels`` (e.g. ``"2:"``) puts one on those levels only and ``block`` blocks on the others.
 
-    With ``symmetry="u1"`` the prior's level scales are tied across channels and the prior must be
+    With ``equivariance="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
-    u1 = block_kwargs.get("symmetry") == "u1"
+    u1 = block_kwargs.get("equivariance") == "u1"
     if u1 and prior != "normal":
-        raise ValueError(f"prior={prior!r} is not allowed with symmetry='u1' (not rotation invariant); allowed: 'normal'")
+        raise ValueError(f"prior={prior!r} is not allowed with equivariance='u1' (not rotation invariant); "
+                         "allowed: 'normal'")
     if block not in FLOW_BLOCK_KINDS and block != "haar":
         raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
@@ -173,7 +174,8 @@ def build_flow(
         from rgflow.flows.ode_cnn import ODECNNLevel
 
         level_layers = {lvl: ODECNNLevel(layout, lvl, channels, hidden, layers, method=block_kwargs.get("ode_method", "rk4"),
-                                         steps=block_kwargs.get("ode_steps", 4), symmetry=block_kwargs.get("symmetry"),
+                                         steps=block_kwargs.get("ode_steps", 4),
+                                         equivariance=block_kwargs.get("equivariance"),
                                          checkpoint=ode_checkpoint)
                         for lvl in ode}
     else:

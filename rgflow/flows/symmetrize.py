@@ -60,7 +60,7 @@ SYMMETRY_GROUPS: dict[str, Callable[[], list[Callable]]] = {"z2": _z2, "d4": _d4
 def group_elements(group: str) -> list[Callable]:
     """The elements of a named group as field maps ``[B, C, L, L] -> [B, C, L, L]`` (identity first)."""
     if group not in SYMMETRY_GROUPS:
-        raise ValueError(f"symmetrize={group!r} is not allowed; allowed: {', '.join(SYMMETRY_GROUPS)}")
+        raise ValueError(f"mixture={group!r} is not allowed; allowed: {', '.join(SYMMETRY_GROUPS)}")
     return SYMMETRY_GROUPS[group]()
 
 
@@ -70,7 +70,7 @@ def check_invariance(action, group: str, L: int, channels: int, scale: float = 1
     S = action(x)
     for k, g in enumerate(group_elements(group)):
         if not torch.allclose(action(g(x)), S, rtol=1e-9, atol=1e-9):
-            raise ValueError(f"symmetrize={group!r}: the action {action.name} is not invariant under element {k} "
+            raise ValueError(f"mixture={group!r}: the action {action.name} is not invariant under element {k} "
                              f"of the group; allowed only for symmetries of the action")
 
 

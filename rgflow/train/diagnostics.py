@@ -41,7 +41,7 @@ def lnz_warnings(res: dict) -> list[str]:
     balance = res.get("sector_balance")
     if balance is not None and abs(balance) > SECTOR_WARN:
         out.append(f"the flow samples mostly one Z2 sector (mean sign of m = {balance:+.2f}) of a symmetric action: "
-                   "ln Z may miss up to ln 2; train with --symmetrize z2")
+                   "ln Z may miss up to ln 2; train with --mixture z2")
     return out
 
 

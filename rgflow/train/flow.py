@@ -2,7 +2,7 @@
 an ensemble), through the one training loop (:func:`~rgflow.train.loop.run_loop`).
 
 * :func:`build_model` -- the flow a :class:`~rgflow.config.TrainConfig` describes (hierarchical MERA or
-  TEBD, or the flat baseline; the exact symmetrised mixture when ``symmetrize`` is set);
+  TEBD, or the flat baseline; the exact symmetrised mixture when ``mixture`` is set);
 * :func:`train` -- its training run; ``--init-from`` grows it from a trained smaller flow
   (:func:`init_from_run`);
 * :data:`RUN_FAMILY` -- how :func:`rgflow.runs.open_run` reads a flow run folder.
@@ -42,19 +42,19 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         layout = Layout(cfg.L, block_size=cfg.block_size, kind=cfg.flow, depth=cfg.depth, repeats=cfg.repeats)
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
-                          symmetry=cfg.symmetry, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
+                          equivariance=cfg.equivariance, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
                           ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint)
-    if cfg.symmetrize:
+    if cfg.mixture:
         from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
 
-        check_invariance(cfg.make_action(), cfg.symmetrize, cfg.L, channels)
-        flow = SymmetrizedFlow(flow, cfg.symmetrize)
+        check_invariance(cfg.make_action(), cfg.mixture, cfg.L, channels)
+        flow = SymmetrizedFlow(flow, cfg.mixture)
     return flow.to(dtype=_DTYPES[cfg.dtype], device=device or cfg.device)
 
 
 #: config keys that must agree between a run and the run it starts from (``--init-from``)
 _TRANSFER_KEYS = ("action", "flow", "block", "block_size", "n_couplings", "hidden", "layers", "repeats", "depth",
-                  "num_bins", "tail_bound", "prior", "learn_level_scale", "symmetric")
+                  "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant")
 
 
 def init_from_run(cfg: TrainConfig, flow: torch.nn.Module) -> dict:

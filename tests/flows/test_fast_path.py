@@ -37,14 +37,14 @@ def test_spline_round_trip_and_finite_gradients_far_in_the_tails(float64):
     assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
 
 
-@pytest.mark.parametrize("kind,symmetry,channels,block", [
+@pytest.mark.parametrize("kind,equivariance,channels,block", [
     ("spline", None, 1, 2), ("affine", None, 1, 2), ("affine", "z2", 1, 2), ("spline", None, 2, 4),
     ("spline", "z2", 1, 2), ("haar", None, 2, 4),
 ])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_feature_major_path_equals_row_major(float64, kind, symmetry, channels, block, inverse):
+def test_feature_major_path_equals_row_major(float64, kind, equivariance, channels, block, inverse):
     torch.manual_seed(1)
-    t = make_block(kind, block, channels, n_couplings=3, hidden=8, symmetry=symmetry)
+    t = make_block(kind, block, channels, n_couplings=3, hidden=8, equivariance=equivariance)
     with torch.no_grad():
         for p in t.parameters():
             p.add_(0.3 * torch.randn_like(p))

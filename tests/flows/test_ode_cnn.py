@@ -18,14 +18,14 @@ def _perturbed(layer, scale=0.2, seed=0):
     return layer
 
 
-@pytest.mark.parametrize("n_conv,m,period,symmetry", [(1, 8, 2, None), (2, 8, 4, None), (2, 6, 3, None),
+@pytest.mark.parametrize("n_conv,m,period,equivariance", [(1, 8, 2, None), (2, 8, 4, None), (2, 6, 3, None),
                                                      (2, 4, 4, None), (1, 6, 2, None), (3, 8, 4, None),
                                                      (2, 10, 5, None), (1, 8, 4, "u1"), (1, 4, 4, "u1")])
-def test_colouring_divergence_equals_the_full_trace(float64, n_conv, m, period, symmetry):
+def test_colouring_divergence_equals_the_full_trace(float64, n_conv, m, period, equivariance):
     """The trace is exact for every period p > r; the Jacobian penalty is ||J||_F^2 when p > 2r or p = m."""
-    layer = _perturbed(ODECNNLevel(Layout(8), 1, channels=2, hidden=5, n_conv=n_conv, symmetry=symmetry), 0.4)
+    layer = _perturbed(ODECNNLevel(Layout(8), 1, channels=2, hidden=5, n_conv=n_conv, equivariance=equivariance), 0.4)
     radius = layer.dynamics.velocity.radius
-    assert radius == n_conv + (symmetry == "u1") and colour_period(m, radius) == period
+    assert radius == n_conv + (equivariance == "u1") and colour_period(m, radius) == period
     y = torch.randn(3, 2, m, m)
     t = torch.tensor(0.37).reshape(1, 1, 1, 1)
     _, trace, frobenius = layer.dynamics.divergence(y, t)
@@ -80,7 +80,7 @@ def test_equivariant_under_sublattice_translations(float64, level):
 
 
 def test_z2_odd_velocity_gives_an_odd_map_with_even_logdet(float64):
-    layer = _perturbed(ODECNNLevel(Layout(8), 0, hidden=6, n_conv=2, steps=8, symmetry="z2"), 0.3)
+    layer = _perturbed(ODECNNLevel(Layout(8), 0, hidden=6, n_conv=2, steps=8, equivariance="z2"), 0.3)
     x = torch.randn(3, 1, 8, 8)
     z, ld = layer(x)
     zm, ldm = layer(-x)
@@ -102,7 +102,7 @@ def test_flow_mixes_coupling_and_ode_levels_and_refuses_bad_specs(float64):
 
 
 def test_u1_velocity_gives_a_phase_equivariant_map_with_invariant_logdet(float64):
-    layer = _perturbed(ODECNNLevel(Layout(8), 0, channels=2, hidden=6, n_conv=1, steps=6, symmetry="u1"), 0.05)
+    layer = _perturbed(ODECNNLevel(Layout(8), 0, channels=2, hidden=6, n_conv=1, steps=6, equivariance="u1"), 0.05)
     x = torch.randn(3, 2, 8, 8)
     z, ld = layer(x)
 
@@ -117,8 +117,8 @@ def test_u1_velocity_gives_a_phase_equivariant_map_with_invariant_logdet(float64
     zs, lds = layer(torch.roll(x, (1, 3), dims=(2, 3)))  # and still translation-equivariant
     torch.testing.assert_close(zs, torch.roll(z, (1, 3), dims=(2, 3)), atol=1e-12, rtol=0)
     assert not torch.allclose(z, x)  # it does move the field
-    with pytest.raises(ValueError, match="symmetry='u1' needs a two-channel"):
-        ODECNNLevel(Layout(8), 0, channels=1, symmetry="u1")
+    with pytest.raises(ValueError, match="equivariance='u1' needs a two-channel"):
+        ODECNNLevel(Layout(8), 0, channels=1, equivariance="u1")
 
 
 def test_checkpointed_steps_give_the_same_loss_and_gradients_with_penalties(float64):

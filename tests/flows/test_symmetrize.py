@@ -99,7 +99,7 @@ def test_invariance_check_refuses_a_group_the_action_lacks():
         def __call__(self, x):
             return (x**2).sum((1, 2, 3)) + x[:, :, 0, 0].sum(1)  # a field at one site breaks Z2 and D4
 
-    with pytest.raises(ValueError, match="symmetrize='z2'.*not invariant"):
+    with pytest.raises(ValueError, match="mixture='z2'.*not invariant"):
         check_invariance(Tilted(), "z2", 4, 1)
     for group in ("z2", "d4", "z2xd4"):
         check_invariance(make_action("ising", T=2.269), group, 8, 1)
@@ -107,9 +107,9 @@ def test_invariance_check_refuses_a_group_the_action_lacks():
 
 
 def test_config_builds_the_mixture_and_refuses_bad_values():
-    model = build_model(TrainConfig(action="ising", L=8, steps=1, symmetrize="z2"))
+    model = build_model(TrainConfig(action="ising", L=8, steps=1, mixture="z2"))
     assert isinstance(model, SymmetrizedFlow) and model.group == "z2"
-    with pytest.raises(ValueError, match="symmetrize='c3' is not allowed; allowed: auto, none, z2, d4, z2xd4"):
-        TrainConfig(steps=1, symmetrize="c3")
-    with pytest.raises(ValueError, match="symmetrize='z2' with symmetric=true"):
-        TrainConfig(steps=1, symmetrize="z2", symmetric=True)
+    with pytest.raises(ValueError, match="mixture='c3' is not allowed; allowed: auto, none, z2, d4, z2xd4"):
+        TrainConfig(steps=1, mixture="c3")
+    with pytest.raises(ValueError, match="mixture='z2' with equivariant=true"):
+        TrainConfig(steps=1, mixture="z2", equivariant=True)

@@ -26,7 +26,7 @@ def _rotate(phi, a):
 @pytest.mark.parametrize("kind", ["affine", "spline", "ode"])
 def test_z2_blocks_are_odd_with_even_logdet(kind, float64):
     torch.manual_seed(0)
-    block = make_block(kind, 2, 1, n_couplings=2, hidden=8, symmetry="z2")
+    block = make_block(kind, 2, 1, n_couplings=2, hidden=8, equivariance="z2")
     _perturb(block)
     x = torch.randn(5, 4)
     y, ld = block(x)
@@ -39,7 +39,7 @@ def test_z2_blocks_are_odd_with_even_logdet(kind, float64):
 @pytest.mark.parametrize("kind", ["affine", "spline", "ode"])
 def test_z2_flow_density_is_even(kind, float64):
     torch.manual_seed(0)
-    flow = build_flow(Layout(8), block=kind, n_couplings=2, hidden=8, symmetry="z2", learn_level_scale=True)
+    flow = build_flow(Layout(8), block=kind, n_couplings=2, hidden=8, equivariance="z2", learn_level_scale=True)
     _perturb(flow)
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(flow.log_prob(-x), flow.log_prob(x), atol=1e-10, rtol=0)
@@ -50,7 +50,8 @@ def test_z2_flow_density_is_even(kind, float64):
 
 def test_u1_flow_density_is_rotation_invariant(float64):
     torch.manual_seed(0)
-    flow = build_flow(Layout(4), channels=2, block="ode", n_couplings=1, hidden=8, symmetry="u1", learn_level_scale=True)
+    flow = build_flow(Layout(4), channels=2, block="ode", n_couplings=1, hidden=8, equivariance="u1",
+                      learn_level_scale=True)
     _perturb(flow)
     phi = torch.randn(3, 2, 4, 4)
     for a in (0.3, 1.7, math.pi):
@@ -61,10 +62,10 @@ def test_u1_flow_density_is_rotation_invariant(float64):
 
 
 def test_u1_rejects_non_rotation_invariant_prior():
-    with pytest.raises(ValueError, match="prior='laplace' is not allowed with symmetry='u1'"):
-        build_flow(Layout(4), channels=2, block="ode", symmetry="u1", prior="laplace")
-    with pytest.raises(ValueError, match="symmetry='u1' is not available for block kind 'affine'"):
-        make_block("affine", 2, 2, symmetry="u1")
+    with pytest.raises(ValueError, match="prior='laplace' is not allowed with equivariance='u1'"):
+        build_flow(Layout(4), channels=2, block="ode", equivariance="u1", prior="laplace")
+    with pytest.raises(ValueError, match="equivariance='u1' is not available for block kind 'affine'"):
+        make_block("affine", 2, 2, equivariance="u1")
 
 
 @pytest.mark.parametrize("L,depth,block,period", [(16, 2, 2, 4), (8, None, 2, 8), (16, 1, 4, 4)])
@@ -86,8 +87,8 @@ def test_tebd_translation_period_is_the_block():
     assert Layout(8, kind="tebd", depth=2).translation_period == 2
 
 
-def test_trained_symmetric_flow_has_zero_magnetisation(tmp_path):
-    cfg = TrainConfig(action="phi4", L=4, block="affine", symmetric=True, hidden=16, n_couplings=2, steps=300,
+def test_trained_equivariant_flow_has_zero_magnetisation(tmp_path):
+    cfg = TrainConfig(action="phi4", L=4, block="affine", equivariant=True, hidden=16, n_couplings=2, steps=300,
                       batch_size=64, eval_every=10**6)
     train(cfg, tmp_path / "run")
     run = open_run(tmp_path / "run", "flow")
@@ -109,7 +110,7 @@ def test_odd_spline_learns_a_symmetric_double_well_odd_affine_cannot(kind, max_k
     torch.manual_seed(0)
     mask = torch.tensor([1, 0])
     if kind == "spline":
-        block = spline_coupling(mask, hidden=16, layers=2, num_bins=8, tail_bound=5.0, symmetry="z2")
+        block = spline_coupling(mask, hidden=16, layers=2, num_bins=8, tail_bound=5.0, equivariance="z2")
     else:
         block = AffineCoupling(mask, lambda i, o: Z2Conditioner(ConditionerMLP(i, o, 16), 1))
     grid = torch.linspace(-8, 8, 4001)

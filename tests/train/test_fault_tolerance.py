@@ -170,23 +170,23 @@ def test_previous_checkpoint_survives_a_crash_during_rename(good_run):
 
 
 def test_a_run_folder_from_before_symmetrised_flows_still_loads(tmp_path):
-    """Config and checkpoint written before the `symmetrize` key existed: an Ising run then held a plain
-    flow, and both must be read that way (the checkpoint's config used to resolve to the Z2 mixture
-    and be refused as incompatible with its own folder)."""
+    """Config and checkpoint written before the `mixture` key (first named `symmetrize`) existed: an Ising
+    run then held a plain flow, and both must be read that way (the checkpoint's config used to resolve to
+    the Z2 mixture and be refused as incompatible with its own folder)."""
     from rgflow.runs import open_run
 
     run = tmp_path / "old"
     subprocess.run([sys.executable, "-m", "rgflow", "train", "--action", "ising", "--T", "2.3", *TINY, "--steps", "2",
-                    "--symmetrize", "none", "--out", str(run)], check=True, capture_output=True, timeout=300)
+                    "--mixture", "none", "--out", str(run)], check=True, capture_output=True, timeout=300)
     cfg = json.loads((run / "config.json").read_text())
-    del cfg["symmetrize"]
+    del cfg["mixture"]
     (run / "config.json").write_text(json.dumps(cfg))
     state = torch.load(run / "checkpoint.pt", weights_only=False)
-    del state["config"]["symmetrize"]
+    del state["config"]["mixture"]
     torch.save(state, run / "checkpoint.pt")
     opened = open_run(run, "flow")
     cfg, flow = opened.config, opened.model
-    assert cfg.symmetrize is None and flow.layout is not None
+    assert cfg.mixture is None and flow.layout is not None
 
 
 def _locked(folder) -> bool:

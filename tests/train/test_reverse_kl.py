@@ -68,16 +68,16 @@ def test_ising_relaxation_reweighted_lnZ_matches_exact(tmp_path):
     # The Z2-odd flow covers both magnetisation sectors by construction; a plain flow trained by
     # (mode-seeking) reverse KL may settle in one and miss ln 2 of ln Z.
     res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", params={"T": 2.269185314213022}, steps=1500,
-                              symmetric=True)
+                              equivariant=True)
     assert res["ess"] > 0.03 and res["lnZ_reliable"]
     assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"]
     assert res["lnZ_err"] < 0.05
 
 
 def test_ising_default_is_the_z2_mixture_and_reaches_exact_lnZ(tmp_path):
-    # rgflow train --action ising symmetrises by default (--symmetrize auto -> z2): both sectors are
+    # rgflow train --action ising symmetrises by default (--mixture auto -> z2): both sectors are
     # sampled, the sector check stays quiet and ln Z agrees with the exact value
-    assert TrainConfig(action="ising", steps=1).symmetrize == "z2" and TrainConfig(steps=1).symmetrize is None
+    assert TrainConfig(action="ising", steps=1).mixture == "z2" and TrainConfig(steps=1).mixture is None
     res = _train_and_evaluate(tmp_path / "run", 16384, action="ising", params={"T": 2.269185314213022}, steps=500)
     assert abs(res["sector_balance"]) < 0.05 and res["lnZ_warnings"] == []
     assert abs(res["lnZ"] - res["lnZ_exact"]) < 3 * res["lnZ_err"] and res["lnZ_err"] < 0.05
@@ -87,14 +87,14 @@ def test_one_sector_flow_gets_the_sector_warning():
     """A flow that only ever proposes m > 0 on a symmetric action: ln Z would be ln 2 low; eval says so."""
     from rgflow.train.diagnostics import lnz_warnings
 
-    cfg = TrainConfig(action="ising", L=4, steps=1, symmetrize=None)
+    cfg = TrainConfig(action="ising", L=4, steps=1, mixture=None)
     flow = build_model(cfg)
     with torch.no_grad():  # shift the field far into the m > 0 sector
         flow.prior.log_scale.fill_(-3.0)
     shifted = _Shifted(flow, 3.0)
     res = evaluate(shifted, cfg.make_action(), 2048)
     assert res["sector_balance"] == 1.0
-    assert any("one Z2 sector" in w and "--symmetrize z2" in w for w in res["lnZ_warnings"])
+    assert any("one Z2 sector" in w and "--mixture z2" in w for w in res["lnZ_warnings"])
     assert lnz_warnings({"lnZ_reliable": True, "sector_balance": 0.01}) == []
 
 
