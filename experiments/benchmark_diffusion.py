@@ -137,7 +137,7 @@ def stage_train(point, L, schedule, net, work: Path, data: dict, minutes: float,
     shutil.rmtree(run, ignore_errors=True)
     depth = ["--depth", "3"] if net == "unet" else []
     t0 = time.perf_counter()
-    rgflow_cli(["diffuse", "train", "--data", data["ensemble"], "--schedule", schedule, "--net", net, *depth,
+    rgflow_cli(["diffuse", "train", "--data", data["ensemble"], "--schedule", schedule, "--net", net, *depth, "--target", "force",
                 "--minutes", minutes, "--seed", seed, "--eval-every", 500, "--out", run])
     state = torch.load(run / "checkpoint.pt", weights_only=True, map_location="cpu")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -79,8 +79,8 @@ class DiffusionConfig(LoopConfig):
                       "U-Net", choices=NET_KINDS)
     width: int = option(32, "channels of the network (default 32)")
     depth: int = option(4, "local: convolutions (default 4); unet: down/up stages")
-    target: str | None = option(None, "force (default for fields): the action's force mixed into the target (no noise "
-                                "in it); dsm: denoising score matching", choices=TARGETS)
+    target: str = option("dsm", "dsm (default): denoising score matching; force: the action's force mixed into the "
+                         "target (target score matching, no noise in it; fields only)", choices=TARGETS)
     odd: bool = True
     ema_halflife: float = option(500_000.0, "EMA half-life in training samples (default 500000), capped by "
                                  "--ema-rampup x samples seen")
@@ -109,8 +109,6 @@ class DiffusionConfig(LoopConfig):
     def __post_init__(self):
         if self.levels is None:
             self.levels = 0 if self.coords == "field" else 1
-        if self.target is None:
-            self.target = "force" if self.coords == "field" else "dsm"
         self.validate()
 
     def validate(self) -> None:

@@ -91,8 +91,8 @@ def _cli_free_field_check(run, weights, nfe=8, n=4096):
 
 @pytest.mark.parametrize("target", ["force", "dsm"])
 def test_free_field_through_the_cli_defaults_from_the_sampled_weights(free_ensemble, tmp_path, target):
-    """`rgflow diffuse train` with its defaults (the force target; and denoising score matching, which
-    must learn to leave the Gaussian alone), then the EMA weights that `diffuse sample` uses and the
+    """`rgflow diffuse train` with its defaults (denoising score matching, which must learn to leave the
+    Gaussian alone; and the force target), then the EMA weights that `diffuse sample` uses and the
     raw ones reproduce chi and G(1,0) within 3 sigma + 2 % of the exact values."""
     run = tmp_path / target
     assert main(["diffuse", "train", "--data", str(free_ensemble), "--minutes", "0.5", "--target", target,
