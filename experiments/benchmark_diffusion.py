@@ -13,6 +13,7 @@ gathers them into ``experiments/results/diffusion.json``, draws the figures and 
   r = 1 .. L/2, in units of the combined error from the reference; the smallest NFE from which on
   all are within 2 sigma (NFE counted as evaluations of a network on the whole lattice).
 * ``exact POINT L`` -- seconds per exact sample (``rgflow diffuse eval``) of the trained rg model.
+* ``cost POINT L`` -- seconds per exact sample of untrained rg models by network depth (2, 3, 4).
 * ``imh POINT L`` -- DM-MC (``rgflow mcmc RUN --sampler imh``) against HMC: acceptance, tau_int of
   |m| and m, seconds per independent |m|.
 
@@ -218,13 +219,33 @@ def stage_imh(point, L, work: Path, seed: int, nfe: int, n: int, chains: int) ->
     return {"imh": imh, "hmc": hmc}
 
 
+def stage_cost(L: int, samples: int = 16) -> dict:
+    """Seconds per exact sample (rg, ``--nfe 1``) of untrained local models of depth 2, 3, 4 (width 32) with
+    perturbed weights: the cost of the exact density by the network's radius, without training."""
+    from rgflow.diffusion.model import DiffusionModel
+    from rgflow.layout import Layout
+
+    P = torch.fft.fft2(free_field_two_point(L, 0.04)).real[None].float()
+    out = {}
+    for depth in (2, 3, 4):
+        torch.manual_seed(0)
+        model = DiffusionModel.build(P, Layout(L), "rg", "local", 32, depth, True, nfe=1).float()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1e-3 * torch.randn_like(p))
+        t0 = time.perf_counter()
+        model.sample(samples)
+        out[f"depth{depth}"] = {"seconds_per_sample": (time.perf_counter() - t0) / samples, "samples": samples}
+    return out
+
+
 def case_path(work: Path, *parts) -> Path:
     return work / "cases" / ("-".join(map(str, parts)) + ".json")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", nargs="?", choices=["data", "train", "ladder", "exact", "imh"])
+    p.add_argument("stage", nargs="?", choices=["data", "train", "ladder", "exact", "imh", "cost"])
     p.add_argument("point", nargs="?", choices=list(POINTS))
     p.add_argument("L", nargs="?", type=int)
     p.add_argument("schedule", nargs="?", choices=list(LADDER))
@@ -252,6 +273,8 @@ def main() -> None:
     data_path = case_path(work, "data", point, L)
     if args.stage == "data":
         result = stage_data(point, L, work, args.seed)
+    elif args.stage == "cost":
+        result = stage_cost(L)
     else:
         data = json.loads(data_path.read_text())
         if args.stage == "train":

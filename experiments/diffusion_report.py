@@ -2,9 +2,52 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from common import ROOT
+
+
+def training_values(entry: dict) -> dict:
+    """The training ensemble's own values of the compared observables with Gamma-method errors over its
+    chains (``{"abs_m": [value, error], ..., "G1": ...}``): a model learns these, not the reference's."""
+    import numpy as np
+
+    from benchmark_diffusion import COMPARED, _G_rows
+    from rgflow.stats import gamma_method
+
+    out = {k: v for k, v in entry["train_hmc"]["observables"].items() if k in COMPARED}
+    with np.load(entry["ensemble"]) as f:
+        fields, chain = f["fields"], f["chain"]
+    import torch
+
+    G = _G_rows(torch.as_tensor(fields))
+    n_chains = int(chain.max()) + 1
+    G = G.reshape(n_chains, -1, G.shape[-1])  # save_chain writes chain after chain
+    out.update({f"G{r}": [(g := gamma_method(G[:, :, r - 1])).value, g.error] for r in range(1, G.shape[-1] + 1)})
+    return out
+
+
+def rescore(res: dict) -> None:
+    """Add to every ladder rung the deviations with the training data's statistical error in the budget:
+    ``z_budget`` (model - reference) / sqrt(err_model^2 + err_ref^2 + err_data^2) -- a model trained on a
+    finite ensemble carries that ensemble's fluctuation -- and ``z_data`` (model - training ensemble) /
+    sqrt(err_model^2 + err_data^2), what the model failed to learn; and per ladder the smallest NFE by
+    ``z_budget``."""
+    from benchmark_diffusion import smallest_nfe
+
+    for key, lad in res.get("ladder", {}).items():
+        data = res["data"][key.rsplit("-", 2)[0]]
+        ref, train = data["reference"], data["train_values"]
+        for row in lad["ladder"]:
+            obs = row["observables"]
+            row["z_budget"] = {k: (obs[k][0] - ref[k][0]) / math.sqrt(obs[k][1] ** 2 + ref[k][1] ** 2 + train[k][1] ** 2)
+                               for k in ref if k in obs and k in train}
+            row["z_data"] = {k: (obs[k][0] - train[k][0]) / math.hypot(obs[k][1], train[k][1])
+                             for k in train if k in obs}
+            row["max_abs_z_budget"] = max(abs(v) for v in row["z_budget"].values())
+            row["max_abs_z_data"] = max(abs(v) for v in row["z_data"].values())
+        lad["smallest_nfe_budget"] = smallest_nfe(lad["ladder"], "max_abs_z_budget")
 
 
 def gather(work: Path) -> dict:
@@ -15,6 +58,8 @@ def gather(work: Path) -> dict:
         out.setdefault(stage, {})[key] = json.loads(path.read_text())
     for entry in out.get("data", {}).values():
         entry.pop("machine", None)
+        entry["train_values"] = training_values(entry)
+    rescore(out)
     return out
 
 
@@ -45,14 +90,22 @@ def correctness_table(res: dict, nfe_pick: dict) -> str:
     return "\n".join(lines)
 
 
+def _nfe(v) -> str:
+    return "never" if v is None else f"{v:.3g}"
+
+
 def nfe_table(res: dict) -> str:
-    lines = ["| point, L | model | smallest lattice NFE with every observable within 2σ (from there on) | "
-             "converged (within 2σ of its top rung) | max\\|z\\| per rung (lattice NFE: max\\|z\\|) |", "|---|---|---|---|---|"]
+    lines = ["| point, L | model | smallest lattice NFE with every observable within 2σ of the reference (from there "
+             "on) | the same, the training data's error in the budget | converged (within 2σ of its top rung) | "
+             "max\\|z\\| per rung (lattice NFE: vs reference / with data error / vs training data) |",
+             "|---|---|---|---|---|---|"]
     for key, lad in res.get("ladder", {}).items():
         point_L = key.rsplit("-", 2)[0]
         schedule, net = key.rsplit("-", 2)[1:]
-        rungs = ", ".join(f"{r['lattice_nfe']:.3g}: {r['max_abs_z']:.1f}" for r in lad["ladder"])
-        lines.append(f"| {point_L} | {schedule} / {net} | {lad['smallest_nfe']} | {lad['converged_nfe']} | {rungs} |")
+        rungs = ", ".join(f"{r['lattice_nfe']:.3g}: {r['max_abs_z']:.2f} / {r['max_abs_z_budget']:.2f} / "
+                          f"{r['max_abs_z_data']:.2f}" for r in lad["ladder"] if r is lad["ladder"][0] or r["nfe"] != 1)
+        lines.append(f"| {point_L} | {schedule} / {net} | {_nfe(lad['smallest_nfe'])} | {_nfe(lad['smallest_nfe_budget'])} "
+                     f"| {_nfe(lad['converged_nfe'])} | {rungs} |")
     return "\n".join(lines)
 
 
@@ -82,7 +135,7 @@ def plot_ladders(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(res.get("ladder", {}))
-    groups = sorted({k.rsplit("-", 2)[0] for k in keys}, key=lambda g: (int(g.split("-L")[1]), g))
+    groups = sorted({k.rsplit("-", 2)[0] for k in keys}, key=lambda g: (int(g.rsplit("-", 1)[1]), g))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.8), sharey=True, squeeze=False)
     styles = {"rg": "-o", "standard": "--s", "ve": ":^"}
     for ax, group in zip(axes[0], groups):
