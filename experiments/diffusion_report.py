@@ -136,9 +136,12 @@ def plot_ladders(res: dict, path: Path) -> None:
 
     keys = list(res.get("ladder", {}))
     groups = sorted({k.rsplit("-", 2)[0] for k in keys}, key=lambda g: (int(g.rsplit("-", 1)[1]), g))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.8), sharey=True, squeeze=False)
+    ncols = min(4, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), sharey=True, squeeze=False)
     styles = {"rg": "-o", "standard": "--s", "ve": ":^"}
-    for ax, group in zip(axes[0], groups):
+    ticks = [2, 4, 8, 16, 32, 64]
+    for ax, group in zip(axes.flat, groups):
         for key in keys:
             if key.rsplit("-", 2)[0] != group:
                 continue
@@ -147,9 +150,17 @@ def plot_ladders(res: dict, path: Path) -> None:
             ax.plot([r["lattice_nfe"] for r in rows], [max(r["max_abs_z"], 0.1) for r in rows], styles[schedule],
                     label=f"{schedule} / {net}")
         ax.axhline(2, color="k", lw=0.8, ls=":")
-        ax.set(xscale="log", yscale="log", title=group, xlabel="NFE (network evaluations on the whole lattice)")
+        ax.set(xscale="log", yscale="log", title=group, xlim=(1.5, 90))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("max |deviation| over ⟨|m|⟩, χ, U₄, e_link, ξ₂, G(r) [σ]")
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("lattice NFE")
+    for row in axes:
+        row[0].set_ylabel("max |deviation| [σ]")
+    fig.suptitle("max deviation over ⟨|m|⟩, χ, U₄, e_link, ξ₂, G(r ≤ L/2) from the reference, 4096 samples", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
