@@ -11,19 +11,14 @@ from common import ROOT
 def training_values(entry: dict) -> dict:
     """The training ensemble's own values of the compared observables with Gamma-method errors over its
     chains (``{"abs_m": [value, error], ..., "G1": ...}``): a model learns these, not the reference's."""
-    import numpy as np
-
     from benchmark_diffusion import COMPARED, _G_rows
+    from rgflow.ensemble import load_ensemble
     from rgflow.stats import gamma_method
 
     out = {k: v for k, v in entry["train_hmc"]["observables"].items() if k in COMPARED}
-    with np.load(entry["ensemble"]) as f:
-        fields, chain = f["fields"], f["chain"]
-    import torch
-
-    G = _G_rows(torch.as_tensor(fields))
-    n_chains = int(chain.max()) + 1
-    G = G.reshape(n_chains, -1, G.shape[-1])  # save_chain writes chain after chain
+    ens = load_ensemble(entry["ensemble"])
+    G = _G_rows(ens.fields)
+    G = G.reshape(int(ens.chain.max()) + 1, -1, G.shape[-1])  # save_chain writes chain after chain
     out.update({f"G{r}": [(g := gamma_method(G[:, :, r - 1])).value, g.error] for r in range(1, G.shape[-1] + 1)})
     return out
 

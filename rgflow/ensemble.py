@@ -88,13 +88,15 @@ def save_flow_samples(path: str | Path, x: torch.Tensor, log_q: torch.Tensor, S:
 @dataclass
 class Ensemble:
     """A loaded ensemble: ``fields`` ``[N, C, L, L]`` (float32), the rebuilt ``action``,
-    ``log_w`` (``[N]``, flow samples only; None for Markov chains) and ``source``."""
+    ``log_w`` (``[N]``, flow samples only; None for Markov chains), ``source`` and ``chain`` (``[N]``,
+    the Markov chain of every field, chain after chain, from :func:`save_chain`; None otherwise)."""
 
     fields: torch.Tensor
     action: object
     L: int
     source: str
     log_w: torch.Tensor | None = None
+    chain: np.ndarray | None = None
 
 
 def load_ensemble(path: str | Path) -> Ensemble:
@@ -124,7 +126,7 @@ def load_ensemble(path: str | Path) -> Ensemble:
     if "log_q" in data:
         log_w = -torch.from_numpy(data["S"]).double() - torch.from_numpy(data["log_q"]).double()
     source = str(data["source"]) if "source" in data else ("flow" if log_w is not None else "mcmc")
-    return Ensemble(fields, action, L, source, log_w)
+    return Ensemble(fields, action, L, source, log_w, data.get("chain"))
 
 
 def split_ensemble(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
