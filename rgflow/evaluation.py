@@ -32,8 +32,10 @@ def _n_params(model: torch.nn.Module) -> int:
 
 
 def evaluate_run(run_dir: str | Path, samples: int | None = None, seed: int = 0, nfe: int = 16, weights: str = "ema",
-                 draws: int = 1, device: str | None = None) -> dict:
-    """Evaluate a run folder of any kind (module docstring)."""
+                 draws: int = 1, device: str | None = None, by_level: bool = False, by_level_samples: int = 512,
+                 by_level_inner: int = 32) -> dict:
+    """Evaluate a run folder of any kind (module docstring); ``by_level`` adds ``by_level``, the KL and the
+    variance of ``ln w`` split by RG level (:func:`rgflow.by_level.kl_by_level`, hierarchical flows only)."""
     from rgflow.runs import open_run
     from rgflow.train.diagnostics import evaluate
 
@@ -42,7 +44,13 @@ def evaluate_run(run_dir: str | Path, samples: int | None = None, seed: int = 0,
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"--draws must be a positive integer, got {draws!r}")
     t0 = time.perf_counter()
+    for name, v in (("--by-level-samples", by_level_samples), ("--by-level-inner", by_level_inner)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
     run = open_run(run_dir, device=device, nfe=nfe, weights=weights)
+    if by_level and (run.kind != "flow" or getattr(run.model, "layout", None) is None):
+        raise ValueError(f"--by-level needs a hierarchical flow run (flow mera or tebd); {run_dir} is a {run.kind} run"
+                         + (" with a flat flow" if run.kind == "flow" else ""))
     samples = samples if samples is not None else DEFAULT_SAMPLES[run.kind]
     cfg, model = run.config, run.model
     out = {"run": str(run_dir), "kind": run.kind, "n_params": _n_params(model)}
@@ -61,6 +69,10 @@ def evaluate_run(run_dir: str | Path, samples: int | None = None, seed: int = 0,
         if run.kind == "flow" and cfg.data:
             out.update(_heldout_nll(model, cfg))
         out.update(evaluate(model, run.action, samples, seed=seed))
+        if by_level:
+            from rgflow.by_level import kl_by_level
+
+            out["by_level"] = kl_by_level(model, run.action, by_level_samples, by_level_inner, seed=seed)
         if run.kind == "diffusion":
             from rgflow.diffusion.sampler import cost_of
 
@@ -109,4 +121,8 @@ def format_eval(res: dict) -> str:
         vi, ei = res["observables_imh"][name]
         tau = res["tau_int_imh"].get(name)
         lines.append(f"  {name:<10} {fmt(v, e):>16} {fmt(vi, ei):>16} {fmt(*tau) if tau else '':>14}")
+    if "by_level" in res:
+        from rgflow.by_level import format_by_level
+
+        lines.append(format_by_level(res["by_level"]))
     return "\n".join(lines)

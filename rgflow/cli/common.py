@@ -23,6 +23,12 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--weights", choices=["ema", "raw"], default="ema",
                     help="diffusion run: the moving average of the weights (ema) or the last trained ones (raw)")
     ev.add_argument("--draws", type=int, default=1, help="image run: dequantisation draws per held-out image")
+    ev.add_argument("--by-level", action="store_true",
+                    help="flow run: split the KL and the variance of ln w by RG level (conditional redraws of the "
+                         "finer latents)")
+    ev.add_argument("--by-level-samples", type=int, default=512, help="--by-level: outer draws")
+    ev.add_argument("--by-level-inner", type=int, default=32, help="--by-level: redraws of the finer latents per "
+                                                                   "outer draw and level")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
@@ -33,7 +39,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from rgflow.evaluation import evaluate_run, format_eval
 
     steps_for_nfe(args.nfe, "ode")  # validates --nfe before any work
-    res = evaluate_run(args.run, args.samples, args.seed, args.nfe, args.weights, args.draws)
+    res = evaluate_run(args.run, args.samples, args.seed, args.nfe, args.weights, args.draws,
+                       by_level=args.by_level, by_level_samples=args.by_level_samples,
+                       by_level_inner=args.by_level_inner)
     print(json.dumps(res) if args.json else format_eval(res))
     return 0
 
