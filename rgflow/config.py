@@ -189,7 +189,8 @@ class TrainConfig(LoopConfig):
     params: dict = field(default_factory=dict)
     # flow
     flow: str = option("mera", "hierarchy (flat: tutorial baseline)", choices=FLOW_KINDS, group="flow")
-    block: str = option(FLOW_DEFAULTS["block"], "block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice)",
+    block: str = option(FLOW_DEFAULTS["block"], "block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice; conv: spline couplings with "
+                        "periodic-CNN conditioners on each level's sublattice, one stack shared by all levels)",
                         choices=FLOW_BLOCK_KINDS, group="flow")
     block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side b (even)", group="flow")
     n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block", group="flow")
@@ -200,7 +201,7 @@ class TrainConfig(LoopConfig):
     num_bins: int | None = option(None, "spline bins", group="flow")
     tail_bound: float | None = option(None, "spline interval [-B, B]", group="flow")
     prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS, group="flow")
-    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
+    learn_level_scale: bool | None = None  # None: learned per-level prior scales, except for block 'conv'
     equivariant: bool = option(False, "exactly equivariant blocks: Z2-odd (phi -> -phi) for real fields, U(1) for "
                                "complex (ode)", group="flow")
     mixture: str | None = option("auto", "train and sample the exact mixture q_G(x) = mean_g q(g x) over this "
@@ -235,6 +236,8 @@ class TrainConfig(LoopConfig):
     def __post_init__(self):
         if self.mixture == "auto":  # the Z2 mixture where a flow is known to miss a sector: the Ising model
             self.mixture = "z2" if self.action == "ising" and not self.equivariant else None
+        if self.learn_level_scale is None:
+            self.learn_level_scale = self.block != "conv" and FLOW_DEFAULTS["learn_level_scale"]
         num_bins, tail_bound = spline_range(self.action)
         if self.tail_bound is None:
             self.tail_bound = tail_bound
@@ -265,7 +268,7 @@ class TrainConfig(LoopConfig):
             raise ValueError(f"params must be a table of {', '.join(COUPLING_NAMES)}, got {self.params!r}")
         self.params = dict(self.make_action().params)  # validated, defaults resolved
         if self.equivariant:
-            allowed = ("affine", "spline", "ode", "ode-cnn") if self.equivariance == "z2" else ("ode", "ode-cnn")
+            allowed = ("affine", "spline", "ode", "ode-cnn", "conv") if self.equivariance == "z2" else ("ode", "ode-cnn")
             if self.flow == "flat" or self.block not in allowed:
                 raise ValueError(f"equivariant={self.equivariant} needs flow='mera' or 'tebd' and block in {allowed} "
                                  f"for action {self.action!r}, got flow={self.flow!r}, block={self.block!r}")
@@ -283,6 +286,10 @@ class TrainConfig(LoopConfig):
 
             layout = Layout(self.L, block_size=self.block_size, kind=self.flow,
                             depth=self.depth or (1 if self.flow == "tebd" else None), repeats=self.repeats)
+            if self.block == "conv" and (self.flow != "mera" or self.learn_level_scale or self.ode_levels):
+                raise ValueError(f"block='conv' needs flow='mera', learn_level_scale=false and no ode_levels, got "
+                                 f"flow={self.flow!r}, learn_level_scale={self.learn_level_scale}, "
+                                 f"ode_levels={self.ode_levels!r}")
             if self.ode_levels is not None:
                 from rgflow.flows.rgflow import parse_levels
 

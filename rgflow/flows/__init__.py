@@ -11,6 +11,7 @@ from rgflow.flows.couplings import (
     make_block,
     spline_coupling,
 )
+from rgflow.flows.conv import ConvCouplingStack, ConvLevel
 from rgflow.flows.haar import HaarBlock, IdentityBlock
 from rgflow.flows.ode_cnn import ODECNNLevel
 from rgflow.flows.priors import PRIOR_KINDS, Prior
@@ -22,5 +23,6 @@ __all__ = [
     "Transform", "BlockSublayer", "AffineCoupling", "SplineCoupling", "OddSplineCoupling", "ConditionerMLP",
     "Z2Conditioner", "spline_coupling", "block_masks", "make_block", "BLOCK_KINDS", "Prior",
     "PRIOR_KINDS", "RGFlow", "build_flow", "HaarBlock", "IdentityBlock", "haar_flow", "ODECNNLevel",
+    "ConvCouplingStack", "ConvLevel",
     "FLOW_BLOCK_KINDS", "SymmetrizedFlow", "SYMMETRY_GROUPS", "grow_flow",
 ]

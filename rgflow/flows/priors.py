@@ -46,8 +46,13 @@ class Prior(nn.Module):
         log_scale = torch.zeros(1 if tie_channels else channels, n_levels + 1)
         if learn_level_scale:
             self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        else:  # fixed zeros, not saved: the state dict does not depend on the number of levels
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not isinstance(self.log_scale, nn.Parameter):  # runs saved before fixed scales were left out: zeros
+            state_dict.pop(prefix + "log_scale", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _log_scale_map(self) -> torch.Tensor:
         return self.log_scale[:, self.level_of_site].expand(self.channels, self.L, self.L)  # [C, L, L]

@@ -25,8 +25,9 @@ from rgflow.physics.fields import check_field
 
 __all__ = ["FieldFlow", "RGFlow", "build_flow", "haar_flow", "FLOW_BLOCK_KINDS", "parse_levels"]
 
-#: block kinds of :func:`build_flow`: the block bijections, and ``"ode-cnn"`` (an ODE-CNN layer per level)
-FLOW_BLOCK_KINDS = ("affine", "spline", "ode", "ode-cnn")
+#: block kinds of :func:`build_flow`: the block bijections, ``"ode-cnn"`` (an ODE-CNN layer per level) and
+#: ``"conv"`` (convolutional spline couplings per level, one stack shared by all levels)
+FLOW_BLOCK_KINDS = ("affine", "spline", "ode", "ode-cnn", "conv")
 
 
 def parse_levels(spec: str, n_levels: int) -> list[int]:
@@ -141,7 +142,7 @@ def build_flow(
     hidden: int = FLOW_DEFAULTS["hidden"],
     layers: int = FLOW_DEFAULTS["layers"],
     prior: str = FLOW_DEFAULTS["prior"],
-    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"],
+    learn_level_scale: bool | None = None,
     *,
     ode_levels: str | None = None,
     **block_kwargs,
@@ -159,6 +160,11 @@ def build_flow(
     ``ode_checkpoint``) on every level;
     ``ode_levels`` (e.g. ``"2:"``) puts one on those levels only and ``block`` blocks on the others.
 
+    ``block="conv"`` puts :class:`~rgflow.flows.conv.ConvLevel` on every level, all moved by one
+    :class:`~rgflow.flows.conv.ConvCouplingStack` (``n_couplings`` spline couplings with CNN conditioners of
+    width ``hidden`` and ``layers`` hidden convolutions), registered once as ``conv_stack``: the state dict does
+    not depend on ``L``. Its prior has no learned level scales (they would tie the flow to one ``L``).
+
     With ``equivariance="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
@@ -168,6 +174,10 @@ def build_flow(
                          "allowed: 'normal'")
     if block not in FLOW_BLOCK_KINDS and block != "haar":
         raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
+    if block == "conv":
+        return _conv_flow(layout, channels, n_couplings, hidden, layers, prior, learn_level_scale, ode_levels,
+                          **block_kwargs)
+    learn_level_scale = FLOW_DEFAULTS["learn_level_scale"] if learn_level_scale is None else learn_level_scale
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
     ode_checkpoint = block_kwargs.pop("ode_checkpoint", False)
     if ode:
@@ -186,6 +196,27 @@ def build_flow(
         for s in layout.sublayers
     ]
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)
+
+
+def _conv_flow(layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
+               learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
+               tail_bound: float | None = None, equivariance: str | None = None, **_solver) -> RGFlow:
+    """:func:`build_flow` for ``block="conv"`` (``_solver``: the ODE options, which do not apply)."""
+    from rgflow.defaults import spline_range
+    from rgflow.flows.conv import ConvCouplingStack, ConvLevel
+
+    if learn_level_scale:
+        raise ValueError("learn_level_scale=True is not allowed with block 'conv' (per-level prior scales would tie "
+                         "the flow to one L); allowed: False")
+    if ode_levels:
+        raise ValueError(f"ode_levels={ode_levels!r} is not allowed with block 'conv'; allowed: None")
+    bins, bound = spline_range()
+    stack = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
+                              equivariance)
+    levels = {lvl: ConvLevel(layout, lvl, stack) for lvl in range(layout.n_levels)}
+    flow = RGFlow(layout, [None] * len(layout.sublayers), Prior(layout, channels, prior), levels)
+    flow.conv_stack = stack
+    return flow
 
 
 def haar_flow(layout, channels: int = 1):

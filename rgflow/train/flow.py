@@ -76,6 +76,10 @@ def init_from_run(cfg: TrainConfig, flow: torch.nn.Module) -> dict:
         level_offset(src_cfg.L, cfg.L)
     except ValueError as exc:
         raise ValueError(f"--init-from {cfg.init_from}: {exc}") from None
+    if cfg.block == "conv":  # one stack for every level: the state dict does not depend on L
+        flow.load_state_dict(src_flow.state_dict())
+        log.info("initialised from %s (L=%d -> %d, the same weights)", cfg.init_from, src_cfg.L, cfg.L)
+        return {"offset": level_offset(src_cfg.L, cfg.L), "copied": "all"}
     info = grow_flow(src_flow, flow, cfg.init_finest)
     log.info("initialised from %s (L=%d -> %d, levels shifted by %d)", cfg.init_from, src_cfg.L, cfg.L, info["offset"])
     return info

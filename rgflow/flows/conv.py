@@ -1,0 +1,194 @@
+r"""Convolutional coupling levels: every RG level's couplings see the level's whole neighbourhood.
+
+Level ``l`` of a MERA :class:`~rgflow.layout.Layout` acts on the sublattice of spacing ``s = 2^l``,
+``y = x[:, :, ::s, ::s]`` (``[B, C, m, m]``, ``m = L / s``). A block flow transforms each ``2x2`` cell
+from the cell's own sites; here each of ``n_couplings`` couplings transforms one half of the sublattice,
+picked by a period-2 mask ``M`` (checkerboard, even rows, even columns, each followed by its complement),
+given the other half through a periodic CNN:
+
+    ``y' = (1 - M) y + M f(y; theta(c))``,  ``c = [(1 - M) y, M, l]``  (``[B, C + 2, m, m]``),
+
+with ``f`` elementwise monotone: a rational-quadratic spline (``kind="spline"``, linear tails, knots from
+the CNN; :func:`rgflow.flows.spline.rq_spline`) or ``y e^{s} + t`` (``kind="affine"``, ``s`` tanh-bounded).
+The CNN (``layers`` circular 3x3 convolutions of width ``hidden`` with SiLU, then a 3x3 output layer that
+starts at zero, so every coupling starts as the identity) sees ``layers + 1`` sublattice sites in each
+direction: the neighbouring cells of the level and, through them, the coarse variables (the sites that move
+on to level ``l + 1`` are part of the level's sublattice). The Jacobian of a coupling is diagonal given the
+conditioning half, so ``ln|det| = sum_M ln f'`` exactly.
+
+**Independent of L.** One stack of couplings (:class:`ConvCouplingStack`) serves every level; the level's
+index ``l`` (counted from the finest, so it means the same at every ``L``) is an input channel. The parameter
+count does not depend on ``L`` nor on the number of levels, and a flow trained at ``L`` evaluates at ``2L``
+(one more level) with the same state dict. The latents of level ``l`` are the sites of the level's
+sublattice that do not move on (as for every MERA flow), so a level-``l`` coupling conditions on the frozen
+latents of its own level too.
+
+**Symmetries.** Convolutions are periodic and the masks have period 2, so every coupling commutes with
+translations by two sublattice sites (``2^{l+1}`` lattice sites); with ``equivariance="z2"`` the map is odd,
+``f(-y) = -f(y)``: the CNN is evaluated on ``c`` and on ``c`` with ``y -> -y``, and its even part gives the
+log-scales (affine) or the knots (spline), its odd part the shifts; the spline is ``b + g(y - a)`` with ``g``
+an odd spline (knots mirrored about 0) and ``a, b`` odd shifts. U(1) is not available for these levels.
+"""
+from __future__ import annotations
+
+import torch
+from nflows.transforms.base import Transform
+from torch import nn
+
+from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
+
+__all__ = ["ConvCouplingStack", "ConvLevel", "CONV_COUPLINGS", "grid_masks"]
+
+#: elementwise maps of the convolutional couplings
+CONV_COUPLINGS = ("spline", "affine")
+
+
+def grid_masks(n: int) -> list[tuple[int, int, int]]:
+    """The ``n`` period-2 masks as ``(a, b, parity)``: site ``(i, j)`` is transformed iff
+    ``(a i + b j) mod 2 == parity`` -- checkerboard ``(1, 1)``, rows ``(1, 0)``, columns ``(0, 1)``, each
+    followed by its complement (so every site is transformed by every pair)."""
+    patterns = ((1, 1), (1, 0), (0, 1))
+    return [(*patterns[(t // 2) % 3], t % 2) for t in range(n)]
+
+
+class _Coupling(nn.Module):
+    """One coupling on ``[B, C, m, m]``: its CNN and the elementwise map (see the module docstring)."""
+
+    def __init__(self, mask: tuple[int, int, int], channels: int, kind: str, hidden: int, layers: int,
+                 num_bins: int, tail_bound: float, odd: bool):
+        super().__init__()
+        self.mask, self.kind, self.odd = mask, kind, odd
+        self.C, self.K, self.bound = channels, num_bins, tail_bound
+        if kind == "affine":
+            per_site = 2  # shift, log-scale
+        elif odd:
+            per_site = 2 + 3 * num_bins // 2  # shifts a, b; half the widths, heights, slopes (centre included)
+        else:
+            per_site = 3 * num_bins - 1
+        dims = [channels + 2] + [hidden] * layers
+        mods: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            mods += [nn.Conv2d(a, b, 3, padding=1, padding_mode="circular"), nn.SiLU()]
+        self.out = nn.Conv2d(dims[-1], channels * per_site, 3, padding=1, padding_mode="circular")
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            bias = self.out.bias.view(channels, per_site)
+            bias.zero_()
+            if kind == "spline":  # unit knot slopes: the identity spline
+                bias[:, (2 + num_bins) if odd else 2 * num_bins:] = UNIT_SLOPE_LOGIT
+        self.body = nn.Sequential(*mods)
+        self.per_site = per_site
+
+    def _where(self, y: torch.Tensor) -> torch.Tensor:
+        a, b, parity = self.mask
+        m = y.shape[-1]
+        i = torch.arange(m, device=y.device)
+        return ((a * i[:, None] + b * i[None, :]) % 2 == parity).to(y.dtype)  # [m, m]
+
+    def _params(self, y: torch.Tensor, M: torch.Tensor, level: int) -> torch.Tensor:
+        """``[B, C, P, m, m]`` coupling parameters (odd/even parts for ``odd``)."""
+        B, C, m = y.shape[0], y.shape[1], y.shape[-1]
+        const = torch.stack([M, torch.full_like(M, float(level))]).expand(B, 2, m, m)
+        net = lambda v: self.out(self.body(torch.cat([v * (1 - M), const], dim=1))).view(B, C, self.per_site, m, m)
+        if not self.odd:
+            return net(y)
+        p, q = net(y), net(-y)
+        n_shift = 2 if self.kind == "spline" else 1
+        return torch.cat([(p[:, :, :n_shift] - q[:, :, :n_shift]) / 2, (p[:, :, n_shift:] + q[:, :, n_shift:]) / 2], 2)
+
+    def _spline(self, x: torch.Tensor, knots: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Elementwise spline: ``x [N]``, ``knots [N, 3K - 1]`` -> ``(y [N], ln|dy/dx| [N])``."""
+        y, logd = rq_spline(x.unsqueeze(0), knots.T.unsqueeze(0), self.bound, inverse)
+        return y[0], logd  # one feature: the sum over features is the elementwise log-derivative
+
+    def forward(self, y: torch.Tensor, level: int, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        M = self._where(y)
+        params = self._params(y, M, level)  # [B, C, P, m, m]
+        if self.kind == "affine":
+            shift, log_scale = params[:, :, 0], 3.0 * torch.tanh(params[:, :, 1] / 3.0)
+            moved = (y - shift) * torch.exp(-log_scale) if inverse else y * torch.exp(log_scale) + shift
+            logd = log_scale
+        else:
+            flat = params.permute(0, 1, 3, 4, 2).reshape(-1, self.per_site)  # [N, P]
+            if self.odd:
+                a, b, half = flat[:, 0], flat[:, 1], flat[:, 2:]
+                h = self.K // 2
+                w, hh, d = half[:, :h], half[:, h:2 * h], half[:, 2 * h:]  # d: centre slope, then h - 1 outer ones
+                knots = torch.cat([w.flip(1), w, hh.flip(1), hh, d[:, 1:].flip(1), d], dim=1)
+                u = y.reshape(-1) - (b if inverse else a)
+                v, logd = self._spline(u, knots, inverse)
+                moved, logd = (v + (a if inverse else b)).view_as(y), logd.view_as(y)
+            else:
+                v, logd = self._spline(y.reshape(-1), flat, inverse)
+                moved, logd = v.view_as(y), logd.view_as(y)
+            logd = -logd if inverse else logd  # rq_spline returns ln|dx/dy| for inverse; keep the forward one
+        out = torch.where(M.bool(), moved, y)
+        sign = -1.0 if inverse else 1.0
+        return out, sign * (logd * M).sum(dim=(1, 2, 3))
+
+
+class ConvCouplingStack(nn.Module):
+    """``n_couplings`` convolutional couplings on a level's sublattice ``[B, C, m, m]``, shared by all levels.
+
+    Args:
+        channels: field components ``C``; n_couplings: couplings (masks :func:`grid_masks`).
+        kind: ``"spline"`` or ``"affine"``; hidden, layers: CNN width and hidden convolutions.
+        num_bins, tail_bound: the spline's (``num_bins`` even for ``equivariance="z2"``).
+        equivariance: ``None`` or ``"z2"`` (an odd map).
+    """
+
+    def __init__(self, channels: int = 1, n_couplings: int = 4, kind: str = "spline", hidden: int = 32, layers: int = 2,
+                 num_bins: int = 8, tail_bound: float = 6.0, equivariance: str | None = None):
+        super().__init__()
+        if kind not in CONV_COUPLINGS:
+            raise ValueError(f"kind={kind!r} is not allowed for convolutional couplings; allowed: "
+                             f"{', '.join(CONV_COUPLINGS)}")
+        if equivariance not in (None, "z2"):
+            raise ValueError(f"equivariance={equivariance!r} is not available for block kind 'conv'; allowed: None, 'z2'")
+        if equivariance == "z2" and kind == "spline" and num_bins % 2:
+            raise ValueError(f"num_bins={num_bins} is not allowed for an odd spline; allowed: even numbers")
+        if n_couplings < 1 or layers < 1 or hidden < 1:
+            raise ValueError(f"n_couplings, layers and hidden must be >= 1, got {n_couplings}, {layers}, {hidden}")
+        self.couplings = nn.ModuleList(
+            _Coupling(mask, channels, kind, hidden, layers, num_bins, tail_bound, equivariance == "z2")
+            for mask in grid_masks(n_couplings))
+
+    def forward(self, y: torch.Tensor, level: int, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y [B, C, m, m] -> (y' [B, C, m, m], ln|det| [B])`` (data -> latent, or the inverse)."""
+        total = y.new_zeros(y.shape[0])
+        for c in (reversed(self.couplings) if inverse else self.couplings):
+            y, ld = c(y, level, inverse)
+            total = total + ld
+        return y, total
+
+
+class ConvLevel(Transform):
+    """Level ``level`` of a layout as a field transform ``[B, C, L, L] -> ([B, C, L, L], [B])``, moving the
+    sites of spacing ``2^level`` through a shared :class:`ConvCouplingStack` (held, not owned: the flow
+    registers the stack once, so its state dict does not depend on the number of levels)."""
+
+    role = "conv"
+
+    def __init__(self, layout, level: int, stack: ConvCouplingStack):
+        super().__init__()
+        if layout.kind != "mera":
+            raise ValueError(f"block kind 'conv' needs a MERA layout, got kind={layout.kind!r}")
+        if not 0 <= level < layout.n_levels:
+            raise ValueError(f"level={level} is not allowed; allowed: 0..{layout.n_levels - 1}")
+        self.level, self.spacing = level, 2**level
+        self._stack = (stack,)  # a tuple: not a registered submodule
+
+    def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.spacing
+        y, logdet = self._stack[0](x[:, :, ::s, ::s], self.level, inverse)
+        if s == 1:
+            return y, logdet
+        out = x.clone()
+        out[:, :, ::s, ::s] = y
+        return out, logdet
+
+    def forward(self, inputs, context=None):
+        return self._map(inputs, inverse=False)
+
+    def inverse(self, inputs, context=None):
+        return self._map(inputs, inverse=True)

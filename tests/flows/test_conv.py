@@ -1,0 +1,79 @@
+"""Convolutional coupling levels (block kind 'conv'): symmetries, L-independence, the affine kind, --init-from."""
+import pytest
+import torch
+
+from rgflow.config import TrainConfig
+from rgflow.flows import build_flow
+from rgflow.flows.conv import ConvCouplingStack
+from rgflow.layout import Layout
+
+
+def _perturbed(module, scale=0.1, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
+
+
+@pytest.mark.parametrize("kind", ["affine", "spline"])
+def test_stack_round_trip_logdet_and_oddness(kind, float64):
+    stack = _perturbed(ConvCouplingStack(1, 4, kind, hidden=8, layers=1, equivariance="z2"))
+    y = torch.randn(2, 1, 4, 4)
+    z, ld = stack(y, level=1)
+    y2, ld2 = stack(z, level=1, inverse=True)
+    torch.testing.assert_close(y2, y, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ld + ld2, torch.zeros_like(ld), atol=1e-10, rtol=0)
+    zm, ldm = stack(-y, level=1)
+    torch.testing.assert_close(zm, -z, atol=1e-12, rtol=0)  # odd map, even log-det
+    torch.testing.assert_close(ldm, ld, atol=1e-12, rtol=0)
+    J = torch.autograd.functional.jacobian(lambda v: stack(v.view(1, 1, 4, 4), 1)[0].flatten(), y[0].flatten())
+    torch.testing.assert_close(ld[0], torch.linalg.slogdet(J)[1], atol=1e-9, rtol=0)
+
+
+def test_level_index_changes_the_map(float64):
+    stack = _perturbed(ConvCouplingStack(1, 2, "spline", hidden=8, layers=1))
+    y = torch.randn(2, 1, 4, 4)
+    assert not torch.allclose(stack(y, 0)[0], stack(y, 2)[0])
+
+
+def test_conv_flow_is_translation_invariant_and_z2_even(float64):
+    flow = _perturbed(build_flow(Layout(16, depth=2), block="conv", hidden=8, layers=1, equivariance="z2"))
+    x = torch.randn(3, 1, 16, 16)
+    lq = flow.log_prob(x)
+    period = flow.layout.translation_period
+    assert period == 4
+    torch.testing.assert_close(flow.log_prob(torch.roll(x, (period, -period), dims=(-2, -1))), lq, atol=1e-9, rtol=0)
+    torch.testing.assert_close(flow.log_prob(-x), lq, atol=1e-9, rtol=0)
+    assert not torch.allclose(flow.log_prob(torch.roll(x, 1, dims=-1)), lq, atol=1e-6)  # the test can fail
+
+
+def test_parameters_independent_of_L_and_a_plain_weight_copy(float64):
+    small = _perturbed(build_flow(Layout(8), block="conv", hidden=8, layers=1))
+    big = build_flow(Layout(32), block="conv", hidden=8, layers=1)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in big.parameters())
+    big.load_state_dict(small.state_dict())  # strict: the same keys and shapes at every L
+    x, log_q = big.sample(4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(big.log_prob(x), log_q, atol=1e-9, rtol=1e-9)
+    with pytest.raises(ValueError, match="learn_level_scale=True is not allowed with block 'conv'"):
+        build_flow(Layout(8), block="conv", learn_level_scale=True)
+    with pytest.raises(ValueError, match="equivariance='u1' is not available for block kind 'conv'"):
+        build_flow(Layout(8), 2, block="conv", equivariance="u1")
+
+
+def test_init_from_a_smaller_lattice_copies_every_weight(tmp_path):
+    from rgflow.runs import open_run
+    from rgflow.train import train
+    from rgflow.train.flow import build_model, init_from_run
+
+    common = dict(action="phi4", block="conv", hidden=8, layers=1, eval_every=10**9, log_every=1)
+    train(TrainConfig(L=8, steps=2, **common), tmp_path / "L8")
+    cfg = TrainConfig(L=16, steps=1, init_from=str(tmp_path / "L8"), **common)
+    assert cfg.learn_level_scale is False
+    flow = build_model(cfg)
+    init_from_run(cfg, flow)
+    small = open_run(tmp_path / "L8", "flow").model
+    for (name, a), (_, b) in zip(small.state_dict().items(), flow.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(ValueError, match="block='conv' needs flow='mera'"):
+        TrainConfig(L=8, flow="tebd", block="conv", depth=2, steps=1)
