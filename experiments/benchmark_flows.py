@@ -1,7 +1,8 @@
-"""Flows at scale (issue #25): block kinds at equal wall time on phi^4 (m2 = -4, lam = 4.572), with the KL by level.
+"""Flows at scale (issue #25): block kinds at equal wall time on phi^4 and Ising, with the KL by level.
 
 Each case trains one flow (reverse KL, rgflow's training loop, one torch thread) for ``--minutes``, then
-measures on ``--n-eval`` fresh samples the ESS/N, IMH acceptance and F_var (:func:`rgflow.train.evaluate`)
+measures on ``--n-eval`` fresh samples the ESS/N, IMH acceptance, F_var and, for the Ising model,
+F_var - F_exact (``kl_exact``; :func:`rgflow.train.evaluate`)
 and splits the KL and Var(ln w) by RG level (:func:`rgflow.by_level.kl_by_level`, hierarchical flows).
 Cases are ``ARCH-L<L>`` with ARCH one of :data:`ARCHS` (``conv-L32-from16`` starts from ``conv-L16``:
 a plain weight copy). Results go to ``results/flows.json`` under ``cases``; one case per process, each
@@ -25,43 +26,50 @@ from rgflow.config import TrainConfig
 from rgflow.runs import open_run
 from rgflow.train import evaluate, train
 
-PHYSICS = {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}
+#: models: phi^4 at xi ~ 8 (L = 32), and the Ising model at T_c (HS relaxation; cases named ``ising-...``)
+PHYSICS = {"phi4": {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}, "ising": {"action": "ising"}}
 #: architectures: the default block flow, the convolutional levels, the ODE-CNN levels, the flat baseline
 ARCHS = {
     "spline": {},
     "conv": {"block": "conv"},
     "conv-h16": {"block": "conv", "hidden": 16},
+    "conv-z2": {"block": "conv", "equivariant": True},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
     "flat": {"flow": "flat"},
 }
 
 
-def parse_case(name: str) -> tuple[str, int, str | None]:
-    """``ARCH-L<L>[-from<L0>]`` -> ``(arch, L, source case or None)``."""
-    head, _, source = name.partition("-from")
+def parse_case(name: str) -> tuple[str, str, int, str | None]:
+    """``[ising-]ARCH-L<L>[-from<L0>]`` -> ``(model, arch, L, source case or None)``."""
+    model = "ising" if name.startswith("ising-") else "phi4"
+    head, _, source = name.removeprefix("ising-").partition("-from")
     arch, _, size = head.rpartition("-L")
     if arch not in ARCHS or not size.isdigit():
-        raise ValueError(f"case {name!r} is not allowed; allowed: ARCH-L<L>[-from<L0>], ARCH in {', '.join(ARCHS)}")
-    return arch, int(size), f"{arch}-L{source}" if source else None
+        raise ValueError(f"case {name!r} is not allowed; allowed: [ising-]ARCH-L<L>[-from<L0>], ARCH in "
+                         f"{', '.join(ARCHS)}")
+    prefix = "ising-" if model == "ising" else ""
+    return model, arch, int(size), f"{prefix}{arch}-L{source}" if source else None
 
 
-def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int) -> dict:
-    arch, L, source = parse_case(name)
+def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, device: str = "cpu",
+             batch_size: int = 64) -> dict:
+    model, arch, L, source = parse_case(name)
     run_dir = work / name
     shutil.rmtree(run_dir, ignore_errors=True)
     extra = {"init_from": str(work / source)} if source else {}
-    cfg = TrainConfig(**PHYSICS, L=L, minutes=minutes, seed=seed, eval_every=10**9, **ARCHS[arch], **extra)
+    cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
+                      batch_size=batch_size, **ARCHS[arch], **extra)
     summary = train(cfg, run_dir)
     flow = open_run(run_dir, "flow").model
     n_params = sum(p.numel() for p in flow.parameters())
     t0 = time.perf_counter()
     ev = evaluate(flow, cfg.make_action(), n_eval, seed=seed + 1)
     eval_seconds = time.perf_counter() - t0
-    row = {"arch": arch, "L": L, "init_from": source, "config": ARCHS[arch], "n_params": n_params,
+    row = {"arch": arch, "L": L, "batch_size": batch_size, "init_from": source, "config": ARCHS[arch], "n_params": n_params,
            "minutes": summary["elapsed"] / 60, "steps": summary["step"], "ess": ev["ess"],
            "imh_acceptance": ev["imh_acceptance"], "f_variational": ev["f_variational"],
            "f_variational_err": ev["f_variational_err"], "lnZ": ev["lnZ"], "lnZ_err": ev["lnZ_err"],
-           "pareto_k": ev["pareto_k"], "n_eval": ev["n_samples"], "eval_seconds": eval_seconds,
+           "pareto_k": ev["pareto_k"], "n_eval": ev["n_samples"], "kl_exact": ev.get("kl"), "model": model, "eval_seconds": eval_seconds,
            "observables": ev["observables"]}
     if cfg.flow != "flat":
         row["by_level"] = kl_by_level(flow, cfg.make_action(), 512, 32, seed=seed + 2)
@@ -77,13 +85,15 @@ def report(data: dict, figure: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print("| case | parameters | minutes | steps | ESS/N | IMH acc. | F_var | KL share by level (fine -> top) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | parameters | minutes | steps | ESS/N | IMH acc. | F_var | F_var - F_exact | KL share by level "
+          "(fine -> top, %) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in data["cases"].items():
         split = r.get("by_level")
         shares = " / ".join(f"{100 * lv['kl'] / split['kl_total']:.0f}" for lv in split["levels"]) if split else "-"
         print(f"| {name} | {r['n_params']} | {r['minutes']:.1f} | {r['steps']} | {r['ess']:.4g} | "
-              f"{r['imh_acceptance']:.3f} | {r['f_variational']:.3f} ± {r['f_variational_err']:.3f} | {shares} |")
+              f"{r['imh_acceptance']:.3f} | {r['f_variational']:.3f} ± {r['f_variational_err']:.3f} | "
+              f"{'-' if r.get('kl_exact') is None else format(r['kl_exact'], '.3f')} | {shares} |")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     names = list(data["cases"])
     axes[0].bar(range(len(names)), [data["cases"][n]["ess"] for n in names])
@@ -109,6 +119,8 @@ def main() -> None:
     p.add_argument("--cases", default="spline-L16,conv-L16", help="comma-separated ARCH-L<L>[-from<L0>]")
     p.add_argument("--minutes", type=float, default=10.0, help="training minutes per case")
     p.add_argument("--n-eval", type=int, default=16384)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training, evaluation and the split)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch (rgflow's default 64)")
     args = p.parse_args()
     out = Path(args.out)
     if args.report:
@@ -121,9 +133,9 @@ def main() -> None:
         except ValueError as exc:
             p.error(str(exc))
     for name in cases:
-        row = run_case(name, args.minutes, args.n_eval, Path(args.work), args.seed)
+        row = run_case(name, args.minutes, args.n_eval, Path(args.work), args.seed, args.device, args.batch_size)
         data = json.loads(out.read_text()) if out.exists() else {"cases": {}}  # another process may have written
-        data["cases"][name] = {**row, "machine": machine()}
+        data["cases"][name] = {**row, "device": args.device, "machine": machine()}
         out.write_text(json.dumps(data, indent=1) + "\n")
         print(json.dumps({"case": name, **{k: row[k] for k in ("ess", "f_variational", "steps")}}), flush=True)
     report(json.loads(out.read_text()), args.figure)

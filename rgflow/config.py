@@ -38,6 +38,22 @@ COUPLING_NAMES = ("m2", "lam", "kappa", "t", "mu", "T", "shift")
 FLOW_KINDS = ("mera", "tebd", "flat")
 
 
+def check_device(device: str, name: str = "device") -> str:
+    """``device`` if it names a device this machine has (``cpu``, ``cuda``, ``cuda:N``), else a one-line ``ValueError``."""
+    import re
+
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"{name}={device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r} is not available on this machine ({torch.cuda.device_count()} CUDA "
+                             "devices); allowed: cpu" + (", cuda:0.." if torch.cuda.is_available() else ""))
+    return device
+
+
 def _choice(cfg, name, allowed):
     if getattr(cfg, name) not in allowed:
         raise ValueError(f"{name}={getattr(cfg, name)!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
@@ -149,6 +165,7 @@ class LoopConfig:
     def validate_loop(self) -> None:
         """Raise ``ValueError`` naming the first bad loop field and its allowed values."""
         _validate_choices(self)
+        check_device(self.device)
         for name in ("batch_size", "log_every", "eval_every", "eval_samples", "ckpt_every", "max_bad_steps"):
             _positive(self, name)
         _positive(self, "lr", integer=False)

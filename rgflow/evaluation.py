@@ -47,6 +47,10 @@ def evaluate_run(run_dir: str | Path, samples: int | None = None, seed: int = 0,
     for name, v in (("--by-level-samples", by_level_samples), ("--by-level-inner", by_level_inner)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+    if device is not None:
+        from rgflow.config import check_device
+
+        check_device(device, "--device")
     run = open_run(run_dir, device=device, nfe=nfe, weights=weights)
     if by_level and (run.kind != "flow" or getattr(run.model, "layout", None) is None):
         raise ValueError(f"--by-level needs a hierarchical flow run (flow mera or tebd); {run_dir} is a {run.kind} run"

@@ -29,6 +29,7 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--by-level-samples", type=int, default=512, help="--by-level: outer draws")
     ev.add_argument("--by-level-inner", type=int, default=32, help="--by-level: redraws of the finer latents per "
                                                                    "outer draw and level")
+    ev.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's own device)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
@@ -41,7 +42,7 @@ def run_eval(args: argparse.Namespace) -> int:
     steps_for_nfe(args.nfe, "ode")  # validates --nfe before any work
     res = evaluate_run(args.run, args.samples, args.seed, args.nfe, args.weights, args.draws,
                        by_level=args.by_level, by_level_samples=args.by_level_samples,
-                       by_level_inner=args.by_level_inner)
+                       by_level_inner=args.by_level_inner, device=args.device)
     print(json.dumps(res) if args.json else format_eval(res))
     return 0
 
