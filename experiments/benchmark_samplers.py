@@ -1,4 +1,4 @@
-"""Sampler benchmark: local Metropolis, HMC, flow IMH and latent HMC at near-critical phi^4.
+"""Sampler benchmark: local Metropolis, HMC, embedded clusters, flow IMH and latent HMC at near-critical phi^4.
 
 Stages (all by default, one after the other):
 
@@ -16,7 +16,9 @@ Stages (all by default, one after the other):
    (Madras-Sokal window) and the cost per independent sample, ``2 tau_int`` times the cost per
    step in seconds and in action gradients. tau_int is reported for the odd magnetisation m
    next to |m| and m^2 (chi). Flow training time is reported separately (a one-time cost).
-   Chains of the physical-space samplers grow as L/16 (their tau_int grows with L).
+   Chains of the physical-space samplers grow as L/16 (their tau_int grows with L). The cluster
+   samplers (embedded Swendsen-Wang followed by a local sweep, or by an HMC trajectory) were added
+   after the recorded run: rerun ``--stages sample`` to include them.
 
 The growth of the cost per independent |m| sample with L is fitted for each sampler at kappa_c,
 ``cost = a L^z`` (weighted least squares in log-log, errors from tau_int), and the L where latent
@@ -53,9 +55,10 @@ from rgflow.runs import open_run  # noqa: E402
 LAM = 0.022
 KAPPAS = (0.262, 0.265, 0.268, 0.271, 0.274, 0.277, 0.280)
 POINTS = ("hop-L16", "hop-L32", "hop-L64", "eline-L32")
-#: recorded steps per chain at L = 16; those of local and HMC grow as L/16, IMH's see IMH_GROWTH, latent HMC's
-#: (tau_int of a few steps, each step costing ~V) shrink as sqrt(16/L), its warm-up is 100 steps
-SAMPLERS = {"local": 4000, "hmc": 2000, "imh": 4000, "latent-hmc": 400}
+#: recorded steps per chain at L = 16; those of local, HMC and the cluster samplers grow as L/16, IMH's see
+#: IMH_GROWTH, latent HMC's (tau_int of a few steps, each step costing ~V) shrink as sqrt(16/L), its warm-up
+#: is 100 steps
+SAMPLERS = {"local": 4000, "hmc": 2000, "cluster": 4000, "cluster-hmc": 2000, "imh": 4000, "latent-hmc": 400}
 #: IMH's steps relative to L = 16: a proposal costs ~V and at L = 64 almost none is accepted
 IMH_GROWTH = {32: 2.0, 64: 0.5}
 #: training minutes relative to ``--minutes`` (the L = 64 flow is grown from the L = 32 one)
@@ -132,7 +135,7 @@ def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[di
     return rows
 
 
-def fit_growth(result: dict, samplers=("hmc", "latent-hmc", "imh", "local")) -> dict:
+def fit_growth(result: dict, samplers=("hmc", "latent-hmc", "imh", "local", "cluster", "cluster-hmc")) -> dict:
     """``cost = a L^z`` per sampler over the kappa_c points (weighted least squares of ln cost on ln L,
     the weight from tau_int's relative error), in seconds and in gradients per independent |m| sample;
     and the L where latent HMC's fitted cost would cross HMC's (an extrapolation, not a measurement)."""

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0)
     from rgflow.mcmc.run import SAMPLERS
 
-    mc = sub.add_parser("mcmc", help="Markov chains (physical, flow-IMH, latent HMC) with tau_int and costs")
+    mc = sub.add_parser("mcmc",
+                        help="Markov chains (physical, cluster, flow-IMH, latent HMC) with tau_int and costs")
     mc.add_argument("run", nargs="?", help="trained run folder (needed for imh and latent-hmc)")
     mc.add_argument("--sampler", choices=list(SAMPLERS), required=True)
     mc.add_argument("--n", type=int, default=2000, help="recorded steps per chain")
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recorded steps per chain dropped as thermalisation: an integer, or auto "
                          "(10 tau_int, at most a quarter of the chain); reported as n_discarded_per_chain "
                          "(n_discarded: all chains)")
-    mc.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory (hmc, latent-hmc)")
+    mc.add_argument("--leapfrog", type=int, default=10,
+                    help="leapfrog steps per HMC trajectory (hmc, cluster-hmc, latent-hmc)")
     mc.add_argument("--step-size", dest="step_size", type=float, default=None,
                     help="initial HMC step size / Metropolis proposal width (tuned during warm-up)")
     mc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

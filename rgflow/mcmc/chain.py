@@ -13,6 +13,7 @@ of warm-up phases, recording or clocks. :func:`run_chain` runs ``warmup + n`` st
 Kernels (``step(state, tune) -> (state, Step)``, ``step_size``):
 :class:`~rgflow.mcmc.local.CheckerboardKernel` (local Metropolis),
 :class:`~rgflow.mcmc.hmc.HMCKernel` (HMC on any potential, physical or latent),
+:class:`~rgflow.mcmc.cluster.ClusterKernel` (embedded Swendsen-Wang, then a local sweep),
 :class:`~rgflow.mcmc.latent.LevelKernel` (level-by-level Metropolis in a flow's bulk),
 :class:`~rgflow.mcmc.imh.IndependenceKernel` (independence Metropolis over pre-drawn proposals).
 """

@@ -16,7 +16,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import numpy as np
 
+from rgflow.config import check_device
 from rgflow.mcmc.base import ChainResult
+from rgflow.mcmc.cluster import cluster
 from rgflow.mcmc.hmc import hmc
 from rgflow.mcmc.imh import flow_imh
 from rgflow.mcmc.latent import latent_hmc, latent_local
@@ -27,7 +29,7 @@ from rgflow.stats import gamma_method
 
 __all__ = ["SAMPLERS", "FLOW_SAMPLERS", "run_sampler", "flow_imh", "summarize", "plot_autocorrelation"]
 
-SAMPLERS = ("local", "hmc", "imh", "latent-hmc", "latent-local")
+SAMPLERS = ("local", "hmc", "cluster", "cluster-hmc", "imh", "latent-hmc", "latent-local")
 FLOW_SAMPLERS = ("imh", "latent-hmc", "latent-local")
 
 
@@ -39,7 +41,9 @@ def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: in
     Every ``keep_every``-th configuration of every chain is kept in ``result.configs`` (0: none).
     ``warmup`` unrecorded steps tune the step size (imh needs none: its proposals are independent).
     ``n_leapfrog`` and ``step_size`` (the initial step size, tuned in warm-up) apply to the HMC
-    samplers; ``step_size`` is the initial proposal width of the Metropolis samplers.
+    samplers (and cluster-hmc); ``step_size`` is the initial proposal width of the Metropolis
+    samplers (and cluster). ``cluster`` on ``ising`` samples the Ising spins themselves
+    (:mod:`rgflow.mcmc.cluster`).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
@@ -51,8 +55,7 @@ def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: in
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
     if n_leapfrog < 1 or (step_size is not None and not (math.isfinite(step_size) and step_size > 0)):
         raise ValueError(f"--leapfrog must be >= 1 and --step-size > 0, got {n_leapfrog} and {step_size}")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"--device {device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    check_device(device, "--device")
     kw = {"chains": chains, "seed": seed, "keep_every": keep_every}
     hmc_kw = {"n_leapfrog": n_leapfrog, **({"step_size": step_size} if step_size is not None else {})}
     width = {"width": step_size} if step_size is not None else {}
@@ -60,6 +63,9 @@ def run_sampler(sampler: str, action, L: int, n: int, chains: int = 16, seed: in
         raise ValueError(f"sampler {sampler!r} needs a trained run (rgflow mcmc RUN --sampler {sampler})")
     if sampler == "local":
         return local_metropolis(action, L, n, warmup=warmup, progress=progress, device=device, **width, **kw)
+    if sampler in ("cluster", "cluster-hmc"):
+        return cluster(action, L, n, warmup=warmup, magnitudes="local" if sampler == "cluster" else "hmc",
+                       step_size=step_size, n_leapfrog=n_leapfrog, progress=progress, device=device, **kw)
     if sampler == "hmc":
         return hmc(action, L, n, warmup=warmup, progress=progress, device=device, **hmc_kw, **kw)
     if sampler == "imh":

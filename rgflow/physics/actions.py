@@ -23,7 +23,8 @@ Conventions (each function's docstring repeats its formula):
   eigenvalue of ``K`` is ``shift > 0`` (even ``L``; larger for odd ``L``). Then exactly
   ``ln Z_Ising = ln Z_relax + V ln 2 - c V / 2 - (V/2) ln 2 pi - 1/2 ln det K``
   (:func:`ising_lnZ_offset`), and given ``x`` the spins are independent with
-  ``P(s_i = +-1 | x) = e^{+-x_i} / (2 cosh x_i)``.
+  ``P(s_i = +-1 | x) = e^{+-x_i} / (2 cosh x_i)``; given the spins, ``x ~ N(K s, K)``
+  (:func:`ising_field_given_spins`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ __all__ = [
     "phi4_hopping_action",
     "complex_phi4_action",
     "ising_relaxed_action",
+    "ising_field_given_spins",
     "ising_kernel_eigenvalues",
     "ising_lnZ_offset",
     "ising_shift_constant",
@@ -181,6 +183,20 @@ def ising_relaxed_action(x: torch.Tensor, T: float, shift: float = 0.1, check: b
     quad = ((xh.real**2 + xh.imag**2) / eig).sum(dim=(1, 2)) / (L * L)
     log_cosh = F.softplus(2.0 * x) - x - math.log(2.0)
     return 0.5 * quad - log_cosh.sum(dim=(1, 2, 3))
+
+
+def ising_field_given_spins(s: torch.Tensor, T: float, shift: float = 0.1,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""A relaxation field drawn from ``P(x | s)`` of :func:`ising_relaxed_action`: ``x ~ N(K s, K)``.
+
+    The joint weight is ``exp(-1/2 x^T K^{-1} x + s . x) = exp(-1/2 (x - K s)^T K^{-1} (x - K s))
+    exp(1/2 s^T K s)``, so for Ising-distributed spins ``s`` this ``x`` is a sample of
+    ``exp(-S(x))``. ``K`` and ``K^{1/2}`` act in momentum space (FFT of white noise ``xi``):
+    ``x = K s + K^{1/2} xi``. ``s: [B, 1, L, L]`` (``+-1``); returns ``[B, 1, L, L]``.
+    """
+    eig = ising_kernel_eigenvalues(s.shape[-1], T, shift, dtype=s.dtype, device=s.device)
+    xi = torch.randn(s.shape, dtype=s.dtype, device=s.device, generator=generator)
+    return torch.fft.ifft2(eig * torch.fft.fft2(s) + eig.sqrt() * torch.fft.fft2(xi)).real
 
 
 def ising_lnZ_offset(L: int, T: float, shift: float = 0.1) -> float:

@@ -37,7 +37,7 @@ def test_physical_hmc_without_a_run_writes_chain_and_figure(tmp_path, capsys):
     assert out.with_suffix(".png").is_file()
 
 
-@pytest.mark.parametrize("sampler", ["hmc", "local", "imh", "latent-hmc", "latent-local"])
+@pytest.mark.parametrize("sampler", ["hmc", "local", "cluster", "cluster-hmc", "imh", "latent-hmc", "latent-local"])
 def test_saved_ensemble_is_the_chain_every_kth_state(run, sampler, tmp_path):
     """The kept configurations are exactly the recorded chain states 0, k, 2k, ... of each chain."""
     out = tmp_path / "chain.npz"
