@@ -17,7 +17,7 @@ from nflows.transforms.base import Transform
 
 from rgflow.layout import Sublayer
 
-__all__ = ["Transform", "BlockSublayer", "block_map", "device_of"]
+__all__ = ["Transform", "BlockSublayer", "block_map", "device_of", "on_sublattice"]
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
@@ -27,6 +27,17 @@ def device_of(module: torch.nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def on_sublattice(x: torch.Tensor, spacing: int, fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a field map ``fn: y [B, C, m, m] -> (y', ln|det| [B])`` to the sites of spacing ``spacing``
+    (``y = x[:, :, ::s, ::s]``, ``m = L / s``), the other sites unchanged: ``x -> (x', ln|det| [B])``."""
+    y, logdet = fn(x[:, :, ::spacing, ::spacing])
+    if spacing == 1:
+        return y, logdet
+    out = x.clone()
+    out[:, :, ::spacing, ::spacing] = y
+    return out, logdet
 
 
 def block_map(transform: Transform, u: torch.Tensor, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,8 +20,9 @@ conditioning half, so ``ln|det| = sum_M ln f'`` exactly.
 index ``l`` (counted from the finest, so it means the same at every ``L``) is an input channel. The parameter
 count does not depend on ``L`` nor on the number of levels, and a flow trained at ``L`` evaluates at ``2L``
 (one more level) with the same state dict. The latents of level ``l`` are the sites of the level's
-sublattice that do not move on (as for every MERA flow), so a level-``l`` coupling conditions on the frozen
-latents of its own level too.
+sublattice that do not move on (as for every MERA flow); the CNN sees the level's sublattice only, not the
+latents frozen at finer levels (in the generative direction those are still prior noise when level ``l``
+runs).
 
 **Symmetries.** Convolutions are periodic and the masks have period 2, so every coupling commutes with
 translations by two sublattice sites (``2^{l+1}`` lattice sites); with ``equivariance="z2"`` the map is odd,
@@ -35,6 +36,7 @@ import torch
 from nflows.transforms.base import Transform
 from torch import nn
 
+from rgflow.flows.base import on_sublattice
 from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
 
 __all__ = ["ConvCouplingStack", "ConvLevel", "CONV_COUPLINGS", "grid_masks"]
@@ -179,13 +181,7 @@ class ConvLevel(Transform):
         self._stack = (stack,)  # a tuple: not a registered submodule
 
     def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.spacing
-        y, logdet = self._stack[0](x[:, :, ::s, ::s], self.level, inverse)
-        if s == 1:
-            return y, logdet
-        out = x.clone()
-        out[:, :, ::s, ::s] = y
-        return out, logdet
+        return on_sublattice(x, self.spacing, lambda y: self._stack[0](y, self.level, inverse))
 
     def forward(self, inputs, context=None):
         return self._map(inputs, inverse=False)

@@ -38,6 +38,7 @@ import functools
 
 import torch
 from torch import nn
+from rgflow.flows.base import on_sublattice
 from rgflow.flows.ode import ODE_METHODS, AugmentedDynamics, ODETransform
 
 __all__ = ["ODECNNLevel", "colour_period", "colour_probes"]
@@ -168,13 +169,7 @@ class ODECNNLevel(ODETransform):
         self.jacobian: torch.Tensor | None = None
 
     def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.spacing
-        y, logdet = self._solve(x[:, :, ::s, ::s], *((1.0, 0.0) if inverse else (0.0, 1.0)))
-        if s == 1:
-            return y, logdet
-        out = x.clone()
-        out[:, :, ::s, ::s] = y
-        return out, logdet
+        return on_sublattice(x, self.spacing, lambda y: self._solve(y, *((1.0, 0.0) if inverse else (0.0, 1.0))))
 
     def forward(self, inputs, context=None):
         return self._map(inputs, inverse=False)
