@@ -34,6 +34,8 @@ ARCHS = {
     "conv": {"block": "conv"},
     "conv-h16": {"block": "conv", "hidden": 16},
     "conv-z2": {"block": "conv", "equivariant": True},
+    "conv-h16-z2": {"block": "conv", "hidden": 16, "equivariant": True},
+    "conv-h16-pg": {"block": "conv", "hidden": 16, "path_gradient": True},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
     "flat": {"flow": "flat"},
 }
@@ -52,14 +54,22 @@ def parse_case(name: str) -> tuple[str, str, int, str | None]:
 
 
 def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, device: str = "cpu",
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, split: tuple[int, int] = (512, 32), eval_only: bool = False) -> dict:
     model, arch, L, source = parse_case(name)
     run_dir = work / name
-    shutil.rmtree(run_dir, ignore_errors=True)
-    extra = {"init_from": str(work / source)} if source else {}
+    if source:  # the source case's folder, itself possibly grown (conv-h16-L32-from16)
+        found = [work / source, *sorted(work.glob(f"{source}-from*"))]
+        extra = {"init_from": str(next((d for d in found if (d / "config.json").exists()), work / source))}
+    else:
+        extra = {}
     cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
                       batch_size=batch_size, **ARCHS[arch], **extra)
-    summary = train(cfg, run_dir)
+    if eval_only:  # the run folder trained before: its last logged step and time
+        last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"time"' in line][-1]
+        summary = {"step": last["step"], "elapsed": last["time"]}
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        summary = train(cfg, run_dir)
     flow = open_run(run_dir, "flow").model
     n_params = sum(p.numel() for p in flow.parameters())
     t0 = time.perf_counter()
@@ -72,7 +82,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
            "pareto_k": ev["pareto_k"], "n_eval": ev["n_samples"], "kl_exact": ev.get("kl"), "model": model, "eval_seconds": eval_seconds,
            "observables": ev["observables"]}
     if cfg.flow != "flat":
-        row["by_level"] = kl_by_level(flow, cfg.make_action(), 512, 32, seed=seed + 2)
+        row["by_level"] = kl_by_level(flow, cfg.make_action(), *split, seed=seed + 2)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
     row["loss_curve"] = [[r["step"], r["time"], r["loss"]] for r in curve if "loss" in r and "time" in r][::4]
@@ -121,6 +131,8 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=16384)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training, evaluation and the split)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch (rgflow's default 64)")
+    p.add_argument("--split", default="512,32", help="outer draws and conditional redraws of the KL split by level")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the case's trained run folder again, no training")
     args = p.parse_args()
     out = Path(args.out)
     if args.report:
@@ -133,7 +145,8 @@ def main() -> None:
         except ValueError as exc:
             p.error(str(exc))
     for name in cases:
-        row = run_case(name, args.minutes, args.n_eval, Path(args.work), args.seed, args.device, args.batch_size)
+        row = run_case(name, args.minutes, args.n_eval, Path(args.work), args.seed, args.device, args.batch_size,
+                       tuple(int(v) for v in args.split.split(",")), args.eval_only)
         data = json.loads(out.read_text()) if out.exists() else {"cases": {}}  # another process may have written
         data["cases"][name] = {**row, "device": args.device, "machine": machine()}
         out.write_text(json.dumps(data, indent=1) + "\n")
