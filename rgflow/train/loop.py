@@ -273,6 +273,7 @@ def _train(cfg, run_dir: Path, resume: bool, progress: bool | None, ctx: DistCon
                 rec = {"step": step, "time": round(n["elapsed"], 3), "loss": loss_value, **task.log_extras(),
                        "lr": lr, "grad_norm": float(grad_norm)}
                 metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()  # `tail -f metrics.jsonl` follows a long run line by line
                 bar.set_postfix(loss=f"{loss_value:.3f}", **({"ess": f"{rec['ess_batch']:.2f}"} if "ess_batch" in rec else {}))
             if step % cfg.eval_every == 0 and ctx.is_main and task.quick_eval is not None:
                 metrics.write(json.dumps({"step": step, "time": round(n["elapsed"], 3),
