@@ -36,6 +36,7 @@ ARCHS = {
     "conv-z2": {"block": "conv", "equivariant": True},
     "conv-h16-z2": {"block": "conv", "hidden": 16, "equivariant": True},
     "conv-h16-pg": {"block": "conv", "hidden": 16, "path_gradient": True},
+    "conv-h16-own0": {"block": "conv", "hidden": 16, "conv_finest": True},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
     "flat": {"flow": "flat"},
 }

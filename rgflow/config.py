@@ -225,6 +225,8 @@ class TrainConfig(LoopConfig):
                                  "symmetry group of the action (z2: phi -> -phi; d4: lattice rotations/reflections; "
                                  "z2xd4: both); default auto: z2 for the Ising model, none otherwise",
                                  choices=("auto", "none", "z2", "d4", "z2xd4"), group="flow")
+    conv_finest: bool = option(False, "block conv: the finest level gets couplings of its own (the coarser levels "
+                               "share one stack; still independent of L)", group="flow")
     ode_method: str = option("rk4", choices=ODE_METHODS, group="flow")
     ode_steps: int = option(8, "fixed-step ODE solver steps", group="flow")
     ode_levels: str | None = option(None, "neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels "
@@ -247,7 +249,7 @@ class TrainConfig(LoopConfig):
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
         "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant", "mixture",
-        "ode_method", "ode_steps", "ode_levels",
+        "ode_method", "ode_steps", "ode_levels", "conv_finest",
     )
 
     def __post_init__(self):
@@ -303,6 +305,8 @@ class TrainConfig(LoopConfig):
 
             layout = Layout(self.L, block_size=self.block_size, kind=self.flow,
                             depth=self.depth or (1 if self.flow == "tebd" else None), repeats=self.repeats)
+            if self.conv_finest and self.block != "conv":
+                raise ValueError(f"conv_finest=true is not allowed with block={self.block!r}; allowed: block='conv'")
             if self.block == "conv" and (self.flow != "mera" or self.learn_level_scale or self.ode_levels):
                 raise ValueError(f"block='conv' needs flow='mera', learn_level_scale=false and no ode_levels, got "
                                  f"flow={self.flow!r}, learn_level_scale={self.learn_level_scale}, "

@@ -163,7 +163,8 @@ def build_flow(
     ``block="conv"`` puts :class:`~rgflow.flows.conv.ConvLevel` on every level, all moved by one
     :class:`~rgflow.flows.conv.ConvCouplingStack` (``n_couplings`` spline couplings with CNN conditioners of
     width ``hidden`` and ``layers`` hidden convolutions), registered once as ``conv_stack``: the state dict does
-    not depend on ``L``. Its prior has no learned level scales (they would tie the flow to one ``L``).
+    not depend on ``L``; ``conv_finest=True`` gives level 0 a stack of its own (``conv_finest``, also
+    independent of ``L``). Its prior has no learned level scales (they would tie the flow to one ``L``).
 
     With ``equivariance="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
@@ -174,8 +175,11 @@ def build_flow(
                          "allowed: 'normal'")
     if block not in FLOW_BLOCK_KINDS and block != "haar":
         raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
+    conv_finest = block_kwargs.pop("conv_finest", False)
+    if conv_finest and block != "conv":
+        raise ValueError(f"conv_finest=True is not allowed with block {block!r}; allowed: block 'conv'")
     if block == "conv":
-        return _conv_flow(layout, channels, n_couplings, hidden, layers, prior, learn_level_scale, ode_levels,
+        return _conv_flow(conv_finest, layout, channels, n_couplings, hidden, layers, prior, learn_level_scale, ode_levels,
                           **block_kwargs)
     learn_level_scale = FLOW_DEFAULTS["learn_level_scale"] if learn_level_scale is None else learn_level_scale
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
@@ -198,7 +202,7 @@ def build_flow(
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)
 
 
-def _conv_flow(layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
+def _conv_flow(conv_finest: bool, layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
                learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
                tail_bound: float | None = None, equivariance: str | None = None, **_solver) -> RGFlow:
     """:func:`build_flow` for ``block="conv"`` (``_solver``: the ODE options, which do not apply)."""
@@ -213,9 +217,13 @@ def _conv_flow(layout: Layout, channels: int, n_couplings: int, hidden: int, lay
     bins, bound = spline_range()
     stack = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
                               equivariance)
-    levels = {lvl: ConvLevel(layout, lvl, stack) for lvl in range(layout.n_levels)}
+    finest = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
+                               equivariance) if conv_finest else stack
+    levels = {lvl: ConvLevel(layout, lvl, finest if lvl == 0 else stack) for lvl in range(layout.n_levels)}
     flow = RGFlow(layout, [None] * len(layout.sublayers), Prior(layout, channels, prior), levels)
     flow.conv_stack = stack
+    if conv_finest:
+        flow.conv_finest = finest
     return flow
 
 

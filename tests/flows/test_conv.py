@@ -77,3 +77,16 @@ def test_init_from_a_smaller_lattice_copies_every_weight(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(ValueError, match="block='conv' needs flow='mera'"):
         TrainConfig(L=8, flow="tebd", block="conv", depth=2, steps=1)
+
+
+def test_own_finest_stack_is_independent_of_L_and_refused_elsewhere(float64):
+    small = _perturbed(build_flow(Layout(8), block="conv", hidden=8, layers=1, conv_finest=True))
+    big = build_flow(Layout(16), block="conv", hidden=8, layers=1, conv_finest=True)
+    assert sum(p.numel() for p in small.parameters()) == 2 * sum(p.numel() for p in small.conv_stack.parameters())
+    big.load_state_dict(small.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    shared = build_flow(Layout(8), block="conv", hidden=8, layers=1)
+    shared.load_state_dict({k: v for k, v in small.state_dict().items() if k.startswith("conv_stack")})
+    assert not torch.allclose(small.log_prob(x), shared.log_prob(x))  # level 0 runs its own couplings
+    with pytest.raises(ValueError, match="conv_finest=True is not allowed with block 'spline'"):
+        build_flow(Layout(8), block="spline", conv_finest=True)
