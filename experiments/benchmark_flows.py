@@ -23,6 +23,7 @@ from common import add_output_arguments, machine
 
 from rgflow.by_level import kl_by_level
 from rgflow.config import TrainConfig
+from rgflow.report import read_metrics
 from rgflow.runs import open_run
 from rgflow.train import evaluate, train
 
@@ -66,7 +67,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
     cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
                       batch_size=batch_size, **ARCHS[arch], **extra)
     if eval_only:  # the run folder trained before: its last logged step and time
-        last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"time"' in line][-1]
+        last = read_metrics(run_dir)[0][-1]
         summary = {"step": last["step"], "elapsed": last["time"]}
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -84,9 +85,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
            "observables": ev["observables"]}
     if cfg.flow != "flat":
         row["by_level"] = kl_by_level(flow, cfg.make_action(), *split, seed=seed + 2)
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
-    row["loss_curve"] = [[r["step"], r["time"], r["loss"]] for r in curve if "loss" in r and "time" in r][::4]
+    row["loss_curve"] = [[r["step"], r["time"], r["loss"]] for r in read_metrics(run_dir)[0]][::4]
     return row
 
 

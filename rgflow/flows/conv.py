@@ -177,7 +177,8 @@ class ConvLevel(Transform):
             raise ValueError(f"block kind 'conv' needs a MERA layout, got kind={layout.kind!r}")
         if not 0 <= level < layout.n_levels:
             raise ValueError(f"level={level} is not allowed; allowed: 0..{layout.n_levels - 1}")
-        self.level, self.spacing = level, 2**level
+        self.level = level
+        self.spacing = next(sub.spacing for sub in layout.sublayers if sub.level == level)
         self._stack = (stack,)  # a tuple: not a registered submodule
 
     def _map(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:

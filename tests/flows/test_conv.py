@@ -6,14 +6,11 @@ from rgflow.config import TrainConfig
 from rgflow.flows import build_flow
 from rgflow.flows.conv import ConvCouplingStack
 from rgflow.layout import Layout
+from tests.flows import perturbed
 
 
-def _perturbed(module, scale=0.1, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
+def _perturbed(module):
+    return perturbed(module, 0.1, seed=1)
 
 
 @pytest.mark.parametrize("kind", ["affine", "spline"])
@@ -90,3 +87,25 @@ def test_own_finest_stack_is_independent_of_L_and_refused_elsewhere(float64):
     assert not torch.allclose(small.log_prob(x), shared.log_prob(x))  # level 0 runs its own couplings
     with pytest.raises(ValueError, match="conv_finest=True is not allowed with block 'spline'"):
         build_flow(Layout(8), block="spline", conv_finest=True)
+
+
+def test_conv_run_on_the_free_field_through_the_cli_against_exact_answers(tmp_path, capsys):
+    """The user's path: `rgflow train --block conv`, the saved run folder, `rgflow eval --by-level --json`;
+    ln Z, chi = 1/m^2 and the exact KL (F_var + ln Z_exact) against the split's total."""
+    import json
+
+    from rgflow.cli.main import main
+
+    run, m2 = tmp_path / "free", 0.5
+    assert main(["train", "--action", "free", "--m2", str(m2), "--L", "8", "--block", "conv", "--hidden", "8",
+                 "--layers", "1", "--steps", "100", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--samples", "4096", "--by-level", "--by-level-samples", "256",
+                 "--by-level-inner", "16", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ess"] > 0.2 and res["pareto_k"] < 0.7
+    assert abs(res["lnZ"] - res["lnZ_exact"]) < 4 * res["lnZ_err"]
+    chi, chi_err = res["observables"]["chi"]
+    assert abs(chi - 1 / m2) < 4 * chi_err
+    split = res["by_level"]
+    assert abs(split["kl_total"] - res["kl"]) < 4 * split["kl_total_err"]

@@ -8,14 +8,7 @@ import torch
 from rgflow.flows import build_flow
 from rgflow.flows.ode_cnn import ODECNNLevel, colour_period, colour_probes
 from rgflow.layout import Layout
-
-
-def _perturbed(layer, scale=0.2, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return layer
+from tests.flows import perturbed
 
 
 @pytest.mark.parametrize("n_conv,m,period,equivariance", [(1, 8, 2, None), (2, 8, 4, None), (2, 6, 3, None),
@@ -23,7 +16,7 @@ def _perturbed(layer, scale=0.2, seed=0):
                                                      (2, 10, 5, None), (1, 8, 4, "u1"), (1, 4, 4, "u1")])
 def test_colouring_divergence_equals_the_full_trace(float64, n_conv, m, period, equivariance):
     """The trace is exact for every period p > r; the Jacobian penalty is ||J||_F^2 when p > 2r or p = m."""
-    layer = _perturbed(ODECNNLevel(Layout(8), 1, channels=2, hidden=5, n_conv=n_conv, equivariance=equivariance), 0.4)
+    layer = perturbed(ODECNNLevel(Layout(8), 1, channels=2, hidden=5, n_conv=n_conv, equivariance=equivariance), 0.4)
     radius = layer.dynamics.velocity.radius
     assert radius == n_conv + (equivariance == "u1") and colour_period(m, radius) == period
     y = torch.randn(3, 2, m, m)
@@ -46,7 +39,7 @@ def test_probes_cover_every_site_and_channel_once():
 @pytest.mark.slow  # ~40 s; the contract test checks the same on an all-ODE-CNN flow at L = 4
 @pytest.mark.parametrize("L,level", [(4, 0), (8, 1)])
 def test_logdet_matches_slogdet_of_the_discrete_map(float64, L, level):
-    layer = _perturbed(ODECNNLevel(Layout(L), level, hidden=4, n_conv=2, steps=16), 0.15)
+    layer = perturbed(ODECNNLevel(Layout(L), level, hidden=4, n_conv=2, steps=16), 0.15)
     x = torch.randn(2, 1, L, L)
     z, ld = layer(x)
     back, ld_inv = layer.inverse(z)
@@ -69,7 +62,7 @@ def test_logdet_matches_slogdet_of_the_discrete_map(float64, L, level):
 
 @pytest.mark.parametrize("level", [0, 1])
 def test_equivariant_under_sublattice_translations(float64, level):
-    layer = _perturbed(ODECNNLevel(Layout(8), level, hidden=6, n_conv=2, steps=8), 0.3)
+    layer = perturbed(ODECNNLevel(Layout(8), level, hidden=6, n_conv=2, steps=8), 0.3)
     x = torch.randn(3, 1, 8, 8)
     z, ld = layer(x)
     s = 2**level
@@ -80,7 +73,7 @@ def test_equivariant_under_sublattice_translations(float64, level):
 
 
 def test_z2_odd_velocity_gives_an_odd_map_with_even_logdet(float64):
-    layer = _perturbed(ODECNNLevel(Layout(8), 0, hidden=6, n_conv=2, steps=8, equivariance="z2"), 0.3)
+    layer = perturbed(ODECNNLevel(Layout(8), 0, hidden=6, n_conv=2, steps=8, equivariance="z2"), 0.3)
     x = torch.randn(3, 1, 8, 8)
     z, ld = layer(x)
     zm, ldm = layer(-x)
@@ -89,7 +82,7 @@ def test_z2_odd_velocity_gives_an_odd_map_with_even_logdet(float64):
 
 
 def test_flow_mixes_coupling_and_ode_levels_and_refuses_bad_specs(float64):
-    flow = _perturbed(build_flow(Layout(8), hidden=4, n_couplings=2, ode_levels="1:", ode_steps=16), 0.1)
+    flow = perturbed(build_flow(Layout(8), hidden=4, n_couplings=2, ode_levels="1:", ode_steps=16), 0.1)
     x, log_q = flow.sample(4)
     torch.testing.assert_close(flow.log_prob(x), log_q, atol=1e-6, rtol=0)
     kinds = [type(layer).__name__ for layer in flow.sublayers]
@@ -102,7 +95,7 @@ def test_flow_mixes_coupling_and_ode_levels_and_refuses_bad_specs(float64):
 
 
 def test_u1_velocity_gives_a_phase_equivariant_map_with_invariant_logdet(float64):
-    layer = _perturbed(ODECNNLevel(Layout(8), 0, channels=2, hidden=6, n_conv=1, steps=6, equivariance="u1"), 0.05)
+    layer = perturbed(ODECNNLevel(Layout(8), 0, channels=2, hidden=6, n_conv=1, steps=6, equivariance="u1"), 0.05)
     x = torch.randn(3, 2, 8, 8)
     z, ld = layer(x)
 
@@ -125,7 +118,7 @@ def test_checkpointed_steps_give_the_same_loss_and_gradients_with_penalties(floa
     grads = []
     for checkpoint in (False, True):
         torch.manual_seed(0)
-        flow = _perturbed(build_flow(Layout(8), block="ode-cnn", hidden=4, layers=2, ode_steps=3,
+        flow = perturbed(build_flow(Layout(8), block="ode-cnn", hidden=4, layers=2, ode_steps=3,
                                      ode_checkpoint=checkpoint), 0.2)
         x = torch.randn(3, 1, 8, 8, requires_grad=True)
         z, ld = flow.forward(x)
