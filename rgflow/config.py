@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from pathlib import Path
 
-from rgflow.defaults import FLOW_DEFAULTS, spline_range
+from rgflow.defaults import FLOW_DEFAULTS, block_defaults, default_block, spline_range
 from rgflow.flows.ode import ODE_METHODS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
@@ -206,12 +206,13 @@ class TrainConfig(LoopConfig):
     params: dict = field(default_factory=dict)
     # flow
     flow: str = option("mera", "hierarchy (flat: tutorial baseline)", choices=FLOW_KINDS, group="flow")
-    block: str = option(FLOW_DEFAULTS["block"], "block bijection (ode-cnn: a neural-ODE CNN on each level's sublattice; conv: spline couplings with "
-                        "periodic-CNN conditioners on each level's sublattice, one stack shared by all levels)",
-                        choices=FLOW_BLOCK_KINDS, group="flow")
+    block: str | None = option(None, "block bijection (default conv on the MERA, spline on tebd/flat flows and with "
+                               "--ode-levels; conv: spline couplings with periodic-CNN conditioners on each level's "
+                               "sublattice, one stack shared by all levels; ode-cnn: a neural-ODE CNN on each level's "
+                               "sublattice)", choices=FLOW_BLOCK_KINDS, group="flow")
     block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side b (even)", group="flow")
     n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block", group="flow")
-    hidden: int = option(FLOW_DEFAULTS["hidden"], "conditioner width", group="flow")
+    hidden: int | None = option(None, "conditioner width (default 16 for block conv, 32 otherwise)", group="flow")
     layers: int = option(FLOW_DEFAULTS["layers"], "conditioner hidden layers", group="flow")
     repeats: int = option(1, "disentangler/decimator pairs per level", group="flow")
     depth: int | None = option(None, "truncate the hierarchy to this many levels", group="flow")
@@ -255,8 +256,11 @@ class TrainConfig(LoopConfig):
     def __post_init__(self):
         if self.mixture == "auto":  # the Z2 mixture where a flow is known to miss a sector: the Ising model
             self.mixture = "z2" if self.action == "ising" and not self.equivariant else None
-        if self.learn_level_scale is None:
-            self.learn_level_scale = self.block != "conv" and FLOW_DEFAULTS["learn_level_scale"]
+        if self.block is None:
+            self.block = default_block(self.flow, self.ode_levels)
+        for name, value in block_defaults(self.block).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         num_bins, tail_bound = spline_range(self.action)
         if self.tail_bound is None:
             self.tail_bound = tail_bound
@@ -340,6 +344,8 @@ def migrate_config(data: dict) -> dict:
                 value = data.pop(old)
                 data.setdefault(new, value)
         data.setdefault("mixture", None)
+        data.setdefault("block", "spline")  # the default block and width before conv (folders always saved them)
+        data.setdefault("hidden", 32)
         if data.get("schedule") in ("cosine", "constant"):  # the learning-rate schedule's first name
             data["lr_schedule"] = data.pop("schedule")
         old = data.pop("couplings", None)  # first the physics table, then the number of coupling layers

@@ -15,24 +15,45 @@ def _shapes(module):
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+@pytest.mark.parametrize("block", [None, "spline"])
 @pytest.mark.parametrize("action,spline", [("phi4", {}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
-def test_build_flow_defaults_equal_the_training_config(action, spline):
-    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, prior, spline range);
-    for the Ising model `rgflow train` trains its Z2 mixture (--mixture auto)."""
+def test_build_flow_defaults_equal_the_training_config(action, spline, block):
+    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, width, prior, spline range),
+    by default (conv levels of width 16, fixed level scales) and with per-cell spline blocks (width 32, learned
+    level scales); for the Ising model `rgflow train` trains its Z2 mixture (--mixture auto)."""
+    from rgflow.flows.conv import ConvCouplingStack
     from rgflow.flows.symmetrize import SymmetrizedFlow
 
-    api = build_flow(Layout(8), **spline)
-    cli = build_model(TrainConfig(action=action, L=8, steps=1))
+    api = build_flow(Layout(8), block=block, **spline)
+    cfg = TrainConfig(action=action, L=8, steps=1, **({"block": block} if block else {}))
+    cli = build_model(cfg)
     if action == "ising":
         assert isinstance(cli, SymmetrizedFlow) and cli.group == "z2"
         cli = cli.flow
     assert _shapes(api) == _shapes(cli)
+    if block is None:
+        assert (cfg.block, cfg.hidden, cfg.learn_level_scale) == ("conv", 16, False)
+        assert isinstance(api.conv_stack, ConvCouplingStack) and isinstance(cli.conv_stack, ConvCouplingStack)
+        couplings = [api.conv_stack.couplings[0], cli.conv_stack.couplings[0]]
+        assert {(c.K, c.bound) for c in couplings} == {(cfg.num_bins, cfg.tail_bound)}
+        assert not isinstance(getattr(api.prior, "log_scale", None), torch.nn.Parameter)  # fixed level scales
+        return
+    assert (cfg.hidden, cfg.learn_level_scale) == (32, True)
     assert type(api.sublayers[0].transform._transforms[0]) is type(cli.sublayers[0].transform._transforms[0])
     spl = cli.sublayers[0].transform._transforms[0]
-    assert (spl.num_bins, spl.tail_bound) == (TrainConfig(action=action, steps=1).num_bins,
-                                              TrainConfig(action=action, steps=1).tail_bound)
+    assert (spl.num_bins, spl.tail_bound) == (cfg.num_bins, cfg.tail_bound)
     assert (api.sublayers[0].transform._transforms[0].tail_bound == spl.tail_bound)
     assert isinstance(api.prior.log_scale, torch.nn.Parameter)  # learned level scales, as in the CLI
+
+
+def test_the_default_block_follows_the_hierarchy():
+    """conv on the MERA; spline where conv does not apply (TEBD, flat, ODE levels), in the config and the API."""
+    assert TrainConfig(steps=1, flow="tebd").block == "spline"
+    assert TrainConfig(steps=1, flow="flat").hidden == 32
+    assert TrainConfig(steps=1, ode_levels="1:").block == "spline"
+    assert TrainConfig(steps=1, block="conv", hidden=8).hidden == 8
+    assert not hasattr(build_flow(Layout(8, kind="tebd", depth=1)), "conv_stack")
+    assert not hasattr(build_flow(Layout(8), ode_levels="2:"), "conv_stack")
 
 
 def test_block_size_means_the_block_side_everywhere():

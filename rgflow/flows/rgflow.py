@@ -14,7 +14,7 @@ import torch
 from nflows.transforms.base import Transform
 from torch import nn
 
-from rgflow.defaults import FLOW_DEFAULTS
+from rgflow.defaults import FLOW_DEFAULTS, block_defaults, default_block
 from rgflow.density import Density
 from rgflow.flows.base import BlockSublayer
 from rgflow.flows.couplings import make_block
@@ -137,9 +137,9 @@ class RGFlow(FieldFlow):
 def build_flow(
     layout: Layout,
     channels: int = 1,
-    block: str = FLOW_DEFAULTS["block"],
+    block: str | None = None,
     n_couplings: int = FLOW_DEFAULTS["n_couplings"],
-    hidden: int = FLOW_DEFAULTS["hidden"],
+    hidden: int | None = None,
     layers: int = FLOW_DEFAULTS["layers"],
     prior: str = FLOW_DEFAULTS["prior"],
     learn_level_scale: bool | None = None,
@@ -149,10 +149,13 @@ def build_flow(
 ) -> RGFlow:
     """An :class:`RGFlow` with the same block kind on every sublayer (independent weights per sublayer).
 
-    The defaults are :data:`rgflow.defaults.FLOW_DEFAULTS`, the same as ``rgflow train``'s: rational-
-    quadratic spline blocks (``num_bins``/``tail_bound`` from :func:`rgflow.defaults.spline_range`;
-    pass ``num_bins=12, tail_bound=10`` for the Ising relaxation as the CLI does), 4 couplings per
-    block, width 32, learned per-level prior scales. ``block_kwargs`` go to
+    The defaults are :data:`rgflow.defaults.FLOW_DEFAULTS`, the same as ``rgflow train``'s: ``block=None``
+    is ``"conv"`` (below) on a MERA layout and ``"spline"`` on a TEBD layout or with ``ode_levels``
+    (:func:`rgflow.defaults.default_block`), with 4 couplings of width 16 (``hidden=None``: 16 for ``conv``, 32 for the
+    per-cell blocks, :func:`rgflow.defaults.block_defaults`), rational-quadratic splines
+    (``num_bins``/``tail_bound`` from :func:`rgflow.defaults.spline_range`; pass ``num_bins=12, tail_bound=10``
+    for the Ising relaxation as the CLI does). The per-cell blocks (``spline``, ``affine``, ``ode``) get one
+    block per sublayer and learned per-level prior scales by default. ``block_kwargs`` go to
     :func:`~rgflow.flows.couplings.make_block` (``num_bins``, ``tail_bound``, ``equivariance``, ODE options).
 
     ``block="ode-cnn"`` puts an :class:`~rgflow.flows.ode_cnn.ODECNNLevel` (a CNN velocity of width
@@ -169,6 +172,7 @@ def build_flow(
     With ``equivariance="u1"`` the prior's level scales are tied across channels and the prior must be
     normal, so that the whole density is invariant under global phase rotations.
     """
+    block = default_block(layout.kind, ode_levels) if block is None else block
     u1 = block_kwargs.get("equivariance") == "u1"
     if u1 and prior != "normal":
         raise ValueError(f"prior={prior!r} is not allowed with equivariance='u1' (not rotation invariant); "
@@ -178,10 +182,12 @@ def build_flow(
     conv_finest = block_kwargs.pop("conv_finest", False)
     if conv_finest and block != "conv":
         raise ValueError(f"conv_finest=True is not allowed with block {block!r}; allowed: block 'conv'")
+    defaults = block_defaults(block)
+    hidden = defaults["hidden"] if hidden is None else hidden
     if block == "conv":
         return _conv_flow(conv_finest, layout, channels, n_couplings, hidden, layers, prior, learn_level_scale, ode_levels,
                           **block_kwargs)
-    learn_level_scale = FLOW_DEFAULTS["learn_level_scale"] if learn_level_scale is None else learn_level_scale
+    learn_level_scale = defaults["learn_level_scale"] if learn_level_scale is None else learn_level_scale
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
     ode_checkpoint = block_kwargs.pop("ode_checkpoint", False)
     if ode:
@@ -204,8 +210,10 @@ def build_flow(
 
 def _conv_flow(conv_finest: bool, layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
                learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
-               tail_bound: float | None = None, equivariance: str | None = None, **_solver) -> RGFlow:
-    """:func:`build_flow` for ``block="conv"`` (``_solver``: the ODE options, which do not apply)."""
+               tail_bound: float | None = None, equivariance: str | None = None, ode_method: str | None = None,
+               ode_steps: int | None = None, ode_checkpoint: bool = False) -> RGFlow:
+    """:func:`build_flow` for ``block="conv"`` (the ``ode_*`` solver options are accepted and do not apply;
+    any other keyword is a ``TypeError``, as for the other block kinds)."""
     from rgflow.defaults import spline_range
     from rgflow.flows.conv import ConvCouplingStack, ConvLevel
 
@@ -213,7 +221,8 @@ def _conv_flow(conv_finest: bool, layout: Layout, channels: int, n_couplings: in
         raise ValueError("learn_level_scale=True is not allowed with block 'conv' (per-level prior scales would tie "
                          "the flow to one L); allowed: False")
     if ode_levels:
-        raise ValueError(f"ode_levels={ode_levels!r} is not allowed with block 'conv'; allowed: None")
+        raise ValueError(f"ode_levels={ode_levels!r} is not allowed with block 'conv'; allowed: None (ODE levels "
+                         "combine with the per-cell blocks: block 'spline')")
     bins, bound = spline_range()
     stack = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
                               equivariance)

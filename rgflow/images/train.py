@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rgflow.config import LoopConfig, _choice, _positive, option
-from rgflow.defaults import FLOW_DEFAULTS, spline_range
+from rgflow.defaults import CELL_BLOCK_DEFAULTS, FLOW_DEFAULTS, spline_range
 from rgflow.ensemble import split_ensemble
 from rgflow.flows.couplings import BLOCK_KINDS
 from rgflow.flows.flat import build_flat_flow
@@ -52,16 +52,16 @@ class ImageConfig(LoopConfig):
     data: str = option("photo", "dataset (default photo: no extra packages)", choices=tuple(DATASETS))
     size: int | None = option(None, "image side (dataset default)")
     flow: str = option("mera", "mera: the RG flow; flat: RealNVP-style baseline", choices=IMAGE_FLOWS)
-    block: str = option(FLOW_DEFAULTS["block"], "block bijection of the RG flow",
+    block: str = option(CELL_BLOCK_DEFAULTS["block"], "block bijection of the RG flow",
                         choices=tuple(b for b in BLOCK_KINDS if b != "haar"))
     block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side (2 or 4)")
     n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block")
-    hidden: int = option(FLOW_DEFAULTS["hidden"], "conditioner width")
+    hidden: int = option(CELL_BLOCK_DEFAULTS["hidden"], "conditioner width")
     layers: int = FLOW_DEFAULTS["layers"]
     num_bins: int = spline_range()[0]
     tail_bound: float = spline_range()[1]
     prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS)
-    learn_level_scale: bool = FLOW_DEFAULTS["learn_level_scale"]
+    learn_level_scale: bool = CELL_BLOCK_DEFAULTS["learn_level_scale"]
     flat_layers: int = option(8, "coupling layers of the flat baseline (even)")
     flat_width: int | None = option(None, "CNN width of the flat baseline (default: matched to the RG flow's "
                                     "parameters)")

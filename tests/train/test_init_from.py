@@ -1,4 +1,6 @@
-"""Size transfer (--init-from): an L = 2^k L0 flow starts from a trained L0 flow."""
+"""Size transfer (--init-from): an L = 2^k L0 flow starts from a trained L0 flow. The block-by-block transfer
+(``grow_flow``) is that of the per-cell blocks (``--block spline``); conv flows copy their weights
+(tests/flows/test_conv.py)."""
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from rgflow.runs import open_run
 
 def _trained_like(L, seed=0, **kw):
     torch.manual_seed(seed)
-    flow = build_flow(Layout(L), hidden=8, n_couplings=2, **kw)
+    flow = build_flow(Layout(L), block="spline", hidden=8, n_couplings=2, **kw)
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -28,7 +30,7 @@ def _levels(flow):
 
 @pytest.mark.parametrize("L0,L,k", [(4, 8, 1), (4, 16, 2), (8, 8, 0)])
 def test_coarse_levels_are_the_small_flow_and_fine_levels_copy_its_finest(L0, L, k):
-    small, big = _trained_like(L0), build_flow(Layout(L), hidden=8, n_couplings=2)
+    small, big = _trained_like(L0), build_flow(Layout(L), block="spline", hidden=8, n_couplings=2)
     info = grow_flow(small, big)
     assert info["offset"] == k and big.layout.n_levels == small.layout.n_levels + k
     src, dst = _levels(small), _levels(big)
@@ -42,7 +44,7 @@ def test_coarse_levels_are_the_small_flow_and_fine_levels_copy_its_finest(L0, L,
 
 
 def test_identity_fine_levels_and_the_same_function_on_the_coarse_field():
-    small, big = _trained_like(4), build_flow(Layout(8), hidden=8, n_couplings=2)
+    small, big = _trained_like(4), build_flow(Layout(8), block="spline", hidden=8, n_couplings=2)
     grow_flow(small, big, finest="identity")
     # level 0 of the big flow is the identity, so generating from latents that vanish off the coarse
     # sublattice reproduces the small flow's field on the even sites
@@ -58,18 +60,18 @@ def test_identity_fine_levels_and_the_same_function_on_the_coarse_field():
 
 def test_refusals_name_what_differs():
     with pytest.raises(ValueError, match="L=12 is not allowed for a size transfer from L=4"):
-        grow_flow(_trained_like(4), build_flow(Layout(12), hidden=8, n_couplings=2))
+        grow_flow(_trained_like(4), build_flow(Layout(12), block="spline", hidden=8, n_couplings=2))
     with pytest.raises(ValueError, match="same block architecture"):
-        grow_flow(_trained_like(4), build_flow(Layout(8), hidden=16, n_couplings=2))
+        grow_flow(_trained_like(4), build_flow(Layout(8), block="spline", hidden=16, n_couplings=2))
     with pytest.raises(ValueError, match="finest='zero' is not allowed; allowed: copy, identity"):
-        grow_flow(_trained_like(4), build_flow(Layout(8), hidden=8, n_couplings=2), finest="zero")
-    sym = SymmetrizedFlow(build_flow(Layout(8), hidden=8, n_couplings=2))
+        grow_flow(_trained_like(4), build_flow(Layout(8), block="spline", hidden=8, n_couplings=2), finest="zero")
+    sym = SymmetrizedFlow(build_flow(Layout(8), block="spline", hidden=8, n_couplings=2))
     grow_flow(_trained_like(4), sym)  # mixtures are unwrapped
 
 
 def test_cli_init_from_trains_and_refuses_an_incompatible_run_in_one_line(tmp_path, capsys):
     small = tmp_path / "small"
-    base = ["train", "--action", "phi4", "--hidden", "8", "--n-couplings", "2", "--eval-every", "1000"]
+    base = ["train", "--action", "phi4", "--block", "spline", "--hidden", "8", "--n-couplings", "2", "--eval-every", "1000"]
     assert main(base + ["--L", "4", "--steps", "3", "--out", str(small)]) == 0
     big = tmp_path / "big"
     assert main(base + ["--L", "8", "--steps", "2", "--init-from", str(small), "--out", str(big)]) == 0
@@ -77,7 +79,7 @@ def test_cli_init_from_trains_and_refuses_an_incompatible_run_in_one_line(tmp_pa
     assert cfg.init_from == str(small) and cfg.L == 8
     capsys.readouterr()
     bad = tmp_path / "bad"
-    code = main(["train", "--action", "phi4", "--hidden", "16", "--n-couplings", "2", "--L", "8", "--steps", "1",
+    code = main(["train", "--action", "phi4", "--block", "spline", "--hidden", "16", "--n-couplings", "2", "--L", "8", "--steps", "1",
                  "--init-from", str(small), "--out", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "hidden=8 there, 16 here" in err[0]
