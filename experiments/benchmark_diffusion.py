@@ -22,6 +22,7 @@ Usage::
     python experiments/benchmark_diffusion.py data crit 32
     python experiments/benchmark_diffusion.py train crit 32 rg local --minutes 15
     python experiments/benchmark_diffusion.py ladder crit 32 rg local
+    python experiments/benchmark_diffusion.py train crit 32 rg local --depth 3   # run and case named local.d3
     python experiments/benchmark_diffusion.py --report
 """
 from __future__ import annotations
@@ -133,10 +134,16 @@ def run_name(point: str, L: int, schedule: str, net: str) -> str:
     return f"{point}-L{L}-{schedule}-{net}"
 
 
-def stage_train(point, L, schedule, net, work: Path, data: dict, minutes: float, seed: int) -> dict:
-    run = work / run_name(point, L, schedule, net)
+def net_label(net: str, depth: int | None) -> str:
+    """The net's name in run folders and case keys: ``local``, or ``local.d3`` for a depth other than the CLI's."""
+    return net if depth is None else f"{net}.d{depth}"
+
+
+def stage_train(point, L, schedule, net, work: Path, data: dict, minutes: float, seed: int,
+                depth: int | None = None) -> dict:
+    run = work / run_name(point, L, schedule, net_label(net, depth))
     shutil.rmtree(run, ignore_errors=True)
-    depth = ["--depth", "3"] if net == "unet" else []
+    depth = ["--depth", str(depth)] if depth else ["--depth", "3"] if net == "unet" else []
     t0 = time.perf_counter()
     rgflow_cli(["diffuse", "train", "--data", data["ensemble"], "--schedule", schedule, "--net", net, *depth, "--target", "force",
                 "--minutes", minutes, "--seed", seed, "--eval-every", 500, "--out", run])
@@ -177,7 +184,7 @@ def stage_ladder(point, L, schedule, net, work: Path, data: dict, seed: int, nfe
     from rgflow.diffusion.sampler import cost_of, sample_fields
     from rgflow.runs import open_run
 
-    run = work / run_name(point, L, schedule, net)
+    run = work / run_name(point, L, schedule, net)  # net: its label (net_label)
     model = open_run(run, "diffusion", weights="ema").model
     rows = []
     for nfe in nfes or LADDER[schedule]:
@@ -196,9 +203,10 @@ def stage_ladder(point, L, schedule, net, work: Path, data: dict, seed: int, nfe
     return {"ladder": rows, "smallest_nfe": smallest_nfe(rows), "converged_nfe": smallest_nfe(rows, "max_abs_z_vs_top")}
 
 
-def stage_exact(point, L, work: Path, seed: int, nfe: int, samples: int) -> dict:
-    """Seconds per exact sample (`rgflow diffuse eval`) of the rg/local model, and its weights' diagnostics."""
-    run = work / run_name(point, L, "rg", "local")
+def stage_exact(point, L, work: Path, seed: int, nfe: int, samples: int, net: str = "local") -> dict:
+    """Seconds per exact sample (`rgflow diffuse eval`) of the rg model (``net``: its label), and its weights'
+    diagnostics."""
+    run = work / run_name(point, L, "rg", net)
     import resource
 
     t0 = time.perf_counter()
@@ -251,6 +259,8 @@ def main() -> None:
     p.add_argument("schedule", nargs="?", choices=list(LADDER))
     p.add_argument("net", nargs="?", choices=["local", "unet"])
     p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--depth", type=int, help="train, ladder, exact: the net's depth (default: the CLI's; the run and "
+                   "case are then named NET.dDEPTH)")
     p.add_argument("--nfe", type=int, default=4, help="exact, imh: evaluations of the finest level")
     p.add_argument("--nfes", help="ladder: comma-separated NFE rungs instead of the schedule's default ladder")
     p.add_argument("--samples", type=int, default=64, help="exact: samples with exact ln q")
@@ -278,15 +288,16 @@ def main() -> None:
     else:
         data = json.loads(data_path.read_text())
         if args.stage == "train":
-            result = stage_train(point, L, args.schedule, args.net, work, data, args.minutes, args.seed)
+            result = stage_train(point, L, args.schedule, args.net, work, data, args.minutes, args.seed, args.depth)
         elif args.stage == "ladder":
             nfes = [int(v) for v in args.nfes.split(",")] if args.nfes else None
-            result = stage_ladder(point, L, args.schedule, args.net, work, data, args.seed, nfes)
+            result = stage_ladder(point, L, args.schedule, net_label(args.net, args.depth), work, data, args.seed, nfes)
         elif args.stage == "exact":
-            result = stage_exact(point, L, work, args.seed, args.nfe, args.samples)
+            result = stage_exact(point, L, work, args.seed, args.nfe, args.samples, net_label("local", args.depth))
         else:
             result = stage_imh(point, L, work, args.seed, args.nfe, args.n, args.chains)
-    parts = [args.stage, point, L] + ([args.schedule, args.net] if args.stage in ("train", "ladder") else [])
+    parts = [args.stage, point, L] + ([args.schedule, net_label(args.net, args.depth)] if args.stage in ("train", "ladder")
+                                      else [f"d{args.depth}"] if args.stage == "exact" and args.depth else [])
     result["machine"] = machine()
     case_path(work, *parts).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {case_path(work, *parts)}")

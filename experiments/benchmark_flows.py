@@ -29,12 +29,13 @@ from rgflow.train import evaluate, train
 
 #: models: phi^4 at xi ~ 8 (L = 32), and the Ising model at T_c (HS relaxation; cases named ``ising-...``)
 PHYSICS = {"phi4": {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}, "ising": {"action": "ising"}}
-#: architectures: the default block flow, the convolutional levels, the ODE-CNN levels, the flat baseline
+#: architectures: the per-cell spline blocks (the default before conv), the convolutional levels (conv-h16: the
+#: default since), the ODE-CNN levels, the flat baseline; every width explicit, so that a case means what it did
 ARCHS = {
-    "spline": {},
-    "conv": {"block": "conv"},
+    "spline": {"block": "spline", "hidden": 32},
+    "conv": {"block": "conv", "hidden": 32},
     "conv-h16": {"block": "conv", "hidden": 16},
-    "conv-z2": {"block": "conv", "equivariant": True},
+    "conv-z2": {"block": "conv", "hidden": 32, "equivariant": True},
     "conv-h16-z2": {"block": "conv", "hidden": 16, "equivariant": True},
     "conv-h16-pg": {"block": "conv", "hidden": 16, "path_gradient": True},
     "conv-h16-own0": {"block": "conv", "hidden": 16, "conv_finest": True},

@@ -10,15 +10,18 @@ Stages (all by default, one after the other):
    give a second crossing, and the difference is the warm-up systematic, added in quadrature.
 2. ``train``: rgflow's default flow (reverse KL) for each point: hopping phi^4 at kappa_c for
    L = 16, 32 and 64, and the E-line point L = 32 (standard convention, m2 = -4, lam = 4.572).
-   The L = 64 flow starts from the trained L = 32 flow (``--init-from``, size transfer), so its
-   training cost is its own budget plus the L = 32 one.
+   The L = 32 and 64 flows start from the trained flow of half their size (``--init-from``, size
+   transfer: a plain weight copy for the default conv flow), so their training cost is their own
+   budget plus the smaller ones'. Retraining a point with another block kind keeps the previous flow
+   samplers' rows under ``earlier_flow`` (with that flow's config), so the JSON shows both.
 3. ``sample``: every sampler on every point, ``chains`` chains each; tau_int of |m| and m^2
    (Madras-Sokal window) and the cost per independent sample, ``2 tau_int`` times the cost per
    step in seconds and in action gradients. tau_int is reported for the odd magnetisation m
    next to |m| and m^2 (chi). Flow training time is reported separately (a one-time cost).
    Chains of the physical-space samplers grow as L/16 (their tau_int grows with L). The cluster
    samplers (embedded Swendsen-Wang followed by a local sweep, or by an HMC trajectory) were added
-   after the recorded run: rerun ``--stages sample`` to include them.
+   after the recorded run: rerun ``--stages sample`` to include them. ``--samplers imh,latent-hmc``
+   re-measures only those and keeps the other rows.
 
 The growth of the cost per independent |m| sample with L is fitted for each sampler at kappa_c,
 ``cost = a L^z`` (weighted least squares in log-log, errors from tau_int), and the L where latent
@@ -28,6 +31,8 @@ Usage::
 
     python experiments/benchmark_samplers.py                       # everything (about 60 min)
     python experiments/benchmark_samplers.py --stages sample --points hop-L16
+    python experiments/benchmark_samplers.py --stages train,sample --points hop-L16,hop-L32,hop-L64 \
+        --samplers imh,latent-hmc --minutes 10      # new flows, the physical-space rows kept
     python experiments/benchmark_samplers.py --report               # figure and table from the JSON
 """
 from __future__ import annotations
@@ -61,7 +66,7 @@ POINTS = ("hop-L16", "hop-L32", "hop-L64", "eline-L32")
 SAMPLERS = {"local": 4000, "hmc": 2000, "cluster": 4000, "cluster-hmc": 2000, "imh": 4000, "latent-hmc": 400}
 #: IMH's steps relative to L = 16: a proposal costs ~V and at L = 64 almost none is accepted
 IMH_GROWTH = {32: 2.0, 64: 0.5}
-#: training minutes relative to ``--minutes`` (the L = 64 flow is grown from the L = 32 one)
+#: training minutes relative to ``--minutes`` (the L = 32 and 64 flows are grown from the next smaller one)
 TRAIN_SCALE = {"hop-L16": 1.0, "hop-L32": 1.25, "hop-L64": 1.5, "eline-L32": 1.25}
 
 
@@ -115,16 +120,20 @@ def point_config(point: str, kappa_c: float, minutes: float, work: Path) -> Trai
     if point == "eline-L32":
         return TrainConfig(action="phi4", L=32, params={"m2": -4.0, "lam": 4.572}, minutes=minutes)
     L = int(point.split("L")[-1])
-    init = {"init_from": str(work / "hop-L32")} if L == 64 else {}
+    init = {"init_from": str(work / f"hop-L{L // 2}")} if L > 16 else {}
     return TrainConfig(action="phi4-hopping", L=L, params={"kappa": kappa_c, "lam": LAM}, minutes=minutes, **init)
 
 
-def sample_point(run_dir: Path, chains: int, seed: int, scale: float) -> list[dict]:
+FLOW_SAMPLERS = ("imh", "latent-hmc")
+
+
+def sample_point(run_dir: Path, chains: int, seed: int, scale: float, samplers=tuple(SAMPLERS)) -> list[dict]:
     run = open_run(run_dir, "flow")
     cfg, flow = run.config, run.model
     action = cfg.make_action()
     rows = []
-    for sampler, n in SAMPLERS.items():
+    for sampler in samplers:
+        n = SAMPLERS[sampler]
         grow = {"latent-hmc": (16 / cfg.L) ** 0.5, "imh": IMH_GROWTH.get(cfg.L, 1.0)}.get(sampler, cfg.L / 16)
         res = run_sampler(sampler, action, cfg.L, int(n * scale * grow), chains, seed, flow=flow,
                           warmup=100 if sampler == "latent-hmc" else 200)
@@ -243,11 +252,14 @@ def main() -> None:
                    help="flow training budget at L = 16 (x1.25 at L = 32, x1.5 at L = 64 on top of L = 32)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--scale", type=float, default=1.0, help="multiply every sampler's chain length")
+    p.add_argument("--samplers", default=",".join(SAMPLERS),
+                   help=f"comma-separated subset of {', '.join(SAMPLERS)}; the other rows of a point are kept")
     add_output_arguments(p, "samplers")
     args = p.parse_args()
-    stages, points = args.stages.split(","), args.points.split(",")
-    if set(points) - set(POINTS) or set(stages) - {"kappa", "train", "sample"}:
-        p.error(f"allowed points: {', '.join(POINTS)}; allowed stages: kappa, train, sample")
+    stages, points, samplers = args.stages.split(","), args.points.split(","), args.samplers.split(",")
+    if set(points) - set(POINTS) or set(stages) - {"kappa", "train", "sample"} or set(samplers) - set(SAMPLERS):
+        p.error(f"allowed points: {', '.join(POINTS)}; allowed stages: kappa, train, sample; "
+                f"allowed samplers: {', '.join(SAMPLERS)}")
     out, work = Path(args.out), Path(args.work)
     result = json.loads(out.read_text()) if out.exists() else {"points": {}}
 
@@ -274,12 +286,18 @@ def main() -> None:
             if "train" in stages:
                 cfg = point_config(point, kappa_c, args.minutes * TRAIN_SCALE[point], work)
                 cfg.seed, cfg.eval_every = args.seed, 10**9
+                if entry.get("config", {}).get("block", cfg.block) != cfg.block:  # rows of the architecture replaced
+                    entry["earlier_flow"] = {
+                        "config": entry["config"], "train_seconds": entry.get("train_seconds"),
+                        "samplers": [r for r in entry.get("samplers", []) if r["sampler"] in FLOW_SAMPLERS]}
                 shutil.rmtree(run_dir, ignore_errors=True)
                 summary = train(cfg, run_dir)
                 entry.update(config=cfg.to_dict(), train_seconds=summary["elapsed"], train_steps=summary["step"])
                 save()
             if "sample" in stages:
-                entry["samplers"] = sample_point(run_dir, args.chains, args.seed, args.scale)
+                new = sample_point(run_dir, args.chains, args.seed, args.scale, samplers)
+                kept = [r for r in entry.get("samplers", []) if r["sampler"] not in samplers]
+                entry["samplers"] = sorted(kept + new, key=lambda r: list(SAMPLERS).index(r["sampler"]))
                 save()
     result["growth"] = fit_growth(result)
     save()

@@ -146,7 +146,7 @@ def main() -> None:
                 cfg, flow = opened.config, opened.model
                 samples = target_samples(flow, cfg.make_action(), "latent-hmc", args.n, 16, args.seed, 100)
                 for coords in ("flow", "haar"):
-                    res = probe(run, n=args.n, chains=16, coords=coords, seed=args.seed,
+                    res = probe(run, n=args.n, chains=16, sampler="latent-hmc", coords=coords, seed=args.seed,
                                 out_dir=work / f"probe-{phase}-{coords}", samples=samples)
                     result.setdefault("probes", {})[f"{phase}-{coords}"] = res
                     print(f"{phase} {coords}: total MI {format_value_error(*res['total_mi_gaussian'])}, preferred "

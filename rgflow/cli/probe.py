@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("run", help="trained flow run folder (MERA)")
     p.add_argument("--n", type=int, default=200, help="recorded steps per chain")
     p.add_argument("--chains", type=int, default=16)
-    p.add_argument("--sampler", choices=list(PROBE_SAMPLERS), default="latent-hmc",
-                   help="exact-target samples: latent HMC on S_eff (default) or flow IMH")
+    p.add_argument("--sampler", choices=list(PROBE_SAMPLERS), default="auto",
+                   help="exact-target samples: flow IMH or latent HMC on S_eff; auto (default): IMH when the flow's "
+                        "ESS/N on 1024 fresh samples is at least 0.05, else latent HMC")
     p.add_argument("--coords", choices=["flow", "haar"], default="flow",
                    help="bulk coordinates: the run's flow, or the fixed Haar map on the same samples")
     p.add_argument("--warmup", type=int, default=100)
@@ -37,7 +38,9 @@ def run(args) -> int:
         print(json.dumps(res))
         return 0
     geo = res["geometry"]
-    print(f"{res['action']} {res['params']} L={res['L']}: {res['n_samples']} samples ({res['sampler']}), "
+    why = (f", chosen by the pilot ESS/N {res['sampler_choice']['pilot_ess']:.3f}" if res["sampler_choice"] else "")
+    print(f"{res['action']} {res['params']} L={res['L']}: {res['n_samples']} samples ({res['sampler']}{why}, "
+          f"acceptance {res['sampler_stats']['acceptance']:.3f}, tau_int(|m|) {fmt(*res['tau_int_abs_m'])}), "
           f"bulk in {res['coords']} coordinates; total Gaussian bulk MI {fmt(*res['total_mi_gaussian'])} nats")
     for g in ("hyperbolic", "flat"):
         if g in geo:

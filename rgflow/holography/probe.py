@@ -1,7 +1,10 @@
 r"""``probe(run)``: the holographic probes of a trained flow, from samples of the exact target.
 
-1. Boundary fields ``x`` under ``exp(-S)``: latent HMC on ``S_eff`` (default) or flow IMH chains
-   -- never the prior, under which bulk correlations vanish by construction.
+1. Boundary fields ``x`` under ``exp(-S)``: flow IMH or latent HMC on ``S_eff`` -- never the prior,
+   under which bulk correlations vanish by construction. ``sampler="auto"`` (the default) takes IMH,
+   whose step is one flow sample (tens of times cheaper than a latent-HMC trajectory), when the flow's
+   ESS/N on a pilot of fresh samples is at least ``AUTO_IMH_ESS``, and latent HMC otherwise; the
+   result says which one ran and why.
 2. Bulk latents ``z = R(x)`` with ``R`` the run's flow, or (``coords="haar"``) the fixed
    orthonormal Haar map on the same Layout and the same samples.
 3. Bulk correlators and mutual information by (level, level', separation)
@@ -21,9 +24,27 @@ import torch
 from rgflow.holography.correlators import boundary_correlator, bulk_correlators, ksg_mutual_information
 from rgflow.holography.geometry import fit_geometry, hyperbolic_distance
 
-__all__ = ["probe", "target_samples", "PROBE_SAMPLERS", "fit_boundary"]
+__all__ = ["probe", "target_samples", "choose_sampler", "PROBE_SAMPLERS", "AUTO_IMH_ESS", "fit_boundary"]
 
-PROBE_SAMPLERS = ("latent-hmc", "imh")
+PROBE_SAMPLERS = ("auto", "imh", "latent-hmc")
+#: the pilot ESS/N from which ``sampler="auto"`` takes flow IMH (its acceptance is then about 0.1 or more)
+AUTO_IMH_ESS = 0.05
+
+
+@torch.no_grad()
+def choose_sampler(flow, action, seed: int = 0, pilot: int = 1024, batch: int = 256) -> tuple[str, dict]:
+    """``("imh" | "latent-hmc", record)``: IMH when the Kish ESS/N of ``w = exp(-S - ln q)`` on ``pilot``
+    fresh flow samples is at least :data:`AUTO_IMH_ESS`; ``record`` holds the pilot's ESS/N and the rule."""
+    from rgflow.stats import effective_sample_size
+
+    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed + 7919)
+    log_w = []
+    for i in range(0, pilot, batch):
+        x, log_q = flow.sample(min(batch, pilot - i), generator=gen)
+        log_w.append((-action(x) - log_q).double().cpu())
+    ess = effective_sample_size(torch.cat(log_w).numpy())
+    choice = "imh" if ess >= AUTO_IMH_ESS else "latent-hmc"
+    return choice, {"pilot_samples": pilot, "pilot_ess": ess, "imh_from_ess": AUTO_IMH_ESS}
 
 
 def target_samples(flow, action, sampler: str, n: int, chains: int, seed: int, warmup: int) -> tuple[torch.Tensor, dict]:
@@ -103,12 +124,12 @@ def _nearest_pairs(coords: torch.Tensor, L: int) -> list[tuple[int, int]]:
     return [tuple((index == k).nonzero()[0].tolist()) for k, _ in best.values()]
 
 
-def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "latent-hmc", coords: str = "flow",
+def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "auto", coords: str = "flow",
           seed: int = 0, warmup: int = 100, out_dir: str | Path | None = None, samples: tuple | None = None) -> dict:
     """All probes of a trained flow run (module docstring); figures into ``out_dir`` if given.
 
     ``samples``: the ``(fields, summary)`` of :func:`target_samples` for this run, to probe the same
-    samples in other coordinates without sampling again."""
+    samples in other coordinates without sampling again (``sampler`` then names the sampler that drew them)."""
     from rgflow.flows.rgflow import haar_flow
     from rgflow.runs import open_run
 
@@ -123,6 +144,11 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
     if flow.layout is None or flow.layout.kind != "mera":
         raise ValueError(f"{run}: probes need a hierarchical MERA flow (a bulk with levels), got flow={cfg.flow!r}")
     action, layout = cfg.make_action(), flow.layout
+    choice = None
+    if sampler == "auto" and samples is not None:
+        raise ValueError("sampler='auto' is not allowed with samples; allowed: the sampler that drew them (imh, latent-hmc)")
+    if sampler == "auto":
+        sampler, choice = choose_sampler(flow, action, seed)
     x, summary = samples if samples is not None else target_samples(flow, action, sampler, n, chains, seed, warmup)
     ref = next(flow.parameters())
     R = flow if coords == "flow" else haar_flow(layout, flow.channels).to(dtype=ref.dtype, device=ref.device)
@@ -137,7 +163,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "laten
     geometry_mi, _ = _geometry(bulk, layout.L, "mi")
     result = {
         "run": str(run), "action": action.name, "params": dict(action.params), "L": layout.L,
-        "coords": coords, "sampler": sampler, "n_samples": S, "chains": int(x.shape[0]),
+        "coords": coords, "sampler": sampler, "sampler_choice": choice, "n_samples": S, "chains": int(x.shape[0]),
         "sampler_stats": {k: summary[k] for k in ("acceptance", "n_discarded", "n_discarded_per_chain", "thermalized")},
         "tau_int_abs_m": summary["tau_int"]["abs_m"],
         "geometry": geometry, "geometry_mi": geometry_mi,

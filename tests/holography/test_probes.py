@@ -91,14 +91,49 @@ def test_probe_cli_end_to_end(complex_run, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     for key in ("geometry", "bulk_correlators", "boundary_correlator", "n_samples", "sampler"):
         assert key in res
-    assert res["sampler"] == "latent-hmc" and res["n_samples"] <= 160
+    # auto: the pilot's ESS/N decides, and the result says so
+    choice = res["sampler_choice"]
+    assert res["sampler"] == ("imh" if choice["pilot_ess"] >= choice["imh_from_ess"] else "latent-hmc")
+    assert res["n_samples"] <= 160
     assert [row[0] for row in res["boundary_correlator"]] == list(range(5))
     assert all(len(row) == 3 for row in res["boundary_correlator"])
     assert all({"levels", "separation", "value"} <= set(b) for b in res["bulk_correlators"])
     for name in ("bulk_correlation.png", "mutual_information.png", "boundary_correlator.png", "result.json"):
         assert (out / name).is_file()
-    assert main(["probe", str(complex_run), "--n", "40", "--chains", "4", "--coords", "haar", "--out", str(out)]) == 0
-    assert "haar coordinates" in capsys.readouterr().out
+    assert main(["probe", str(complex_run), "--n", "40", "--chains", "4", "--coords", "haar", "--sampler", "latent-hmc",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "haar coordinates" in printed and "(latent-hmc, acceptance" in printed
+
+
+def test_auto_sampler_takes_imh_when_the_flow_matches_the_target_and_latent_hmc_otherwise():
+    """The pilot ESS/N rule: a flow at its identity initialisation is exactly the unit Gaussian (ESS 1);
+    against a Gaussian of a quarter of the variance its ESS is far below the threshold."""
+    from rgflow.flows import build_flow
+    from rgflow.holography.probe import AUTO_IMH_ESS, choose_sampler
+
+    flow = build_flow(Layout(8)).double()
+    choice, record = choose_sampler(flow, lambda x: 0.5 * (x**2).sum((1, 2, 3)))
+    assert choice == "imh" and record["pilot_ess"] == pytest.approx(1.0, abs=1e-6)
+    choice, record = choose_sampler(flow, lambda x: 2.0 * (x**2).sum((1, 2, 3)))
+    assert choice == "latent-hmc" and record["pilot_ess"] < AUTO_IMH_ESS
+
+
+def test_probe_of_a_trained_free_field_flow_gives_the_exact_boundary_correlator(tmp_path, capsys):
+    """The user's path: `rgflow train` on the free field, then `rgflow probe` with its defaults (auto picks
+    IMH for a good flow): G(r) within 4 sigma + 2 % of the exact propagator for r = 0 .. L/2."""
+    from rgflow.physics.exact import free_field_two_point
+
+    run = tmp_path / "free"
+    assert main(["train", "--action", "free", "--m2", "0.5", "--L", "8", "--steps", "300", "--eval-every", "1000",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["probe", str(run), "--n", "400", "--chains", "8", "--json", "--out", str(tmp_path / "p")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["sampler"] == "imh" and res["sampler_choice"]["pilot_ess"] > 0.5
+    exact = free_field_two_point(8, 0.5)
+    for r, value, error in res["boundary_correlator"]:
+        assert abs(value - float(exact[r, 0])) < 4 * error + 0.02 * float(exact[0, 0]), (r, value, float(exact[r, 0]))
 
 
 def test_probe_bad_input(complex_run, tmp_path, capsys):
