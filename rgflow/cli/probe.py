@@ -54,5 +54,6 @@ def run(args) -> int:
     if fits.get("preferred"):
         print(f"  boundary G(r): power law eta = {fits['power_law']['eta']:.3f} (AIC {fits['power_law']['aic']:.1f}), "
               f"exponential xi = {fits['exponential']['xi']:.3f} (AIC {fits['exponential']['aic']:.1f}): {fits['preferred']}")
-    print(f"  figures and result.json in {out}")
+    print(f"  {res['seconds']['sampling']:.0f} s sampling, {res['seconds']['analysis']:.0f} s analysis; figures and "
+          f"result.json in {out}")
     return 0

@@ -15,6 +15,7 @@ r"""``probe(run)``: the holographic probes of a trained flow, from samples of th
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -147,9 +148,11 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "auto"
     choice = None
     if sampler == "auto" and samples is not None:
         raise ValueError("sampler='auto' is not allowed with samples; allowed: the sampler that drew them (imh, latent-hmc)")
+    t0 = time.perf_counter()
     if sampler == "auto":
         sampler, choice = choose_sampler(flow, action, seed)
     x, summary = samples if samples is not None else target_samples(flow, action, sampler, n, chains, seed, warmup)
+    t1 = time.perf_counter()
     ref = next(flow.parameters())
     R = flow if coords == "flow" else haar_flow(layout, flow.channels).to(dtype=ref.dtype, device=ref.device)
     S = x.shape[0] * x.shape[1]
@@ -175,6 +178,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "auto"
         "total_mi_gaussian": bulk["total_mi"],
         "boundary_correlator": boundary,
         "boundary_fits": fit_boundary(boundary, layout.L),
+        "seconds": {"sampling": t1 - t0, "analysis": time.perf_counter() - t1},
     }
     if out_dir is not None:
         _figures(result, bulk, sig, Path(out_dir))
