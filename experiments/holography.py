@@ -7,9 +7,15 @@ Stages (one after the other, one torch thread):
    In the disordered (massive) phase xi_2/L falls with L; in the quasi-long-range-ordered (BKT)
    phase the curves merge. The *critical* point is the first kappa where
    (xi_2/L)_32 / (xi_2/L)_16 > 0.95, the *massive* one the largest kappa with xi_2(32) < 3.
-2. ``train``: the default flow by reverse KL at both points (``--minutes`` each).
+2. ``train``: the default flow by reverse KL at both points (``--minutes`` each); the flatness of its
+   loss is recorded (mean loss of the last tenth of the steps against the tenth before). Retraining a
+   point with another block kind keeps the previous flow's rows under ``earlier_flow``.
 3. ``probe``: :func:`rgflow.holography.probe` at both points, in the flow's coordinates and in the
-   fixed Haar map's, on the same latent-HMC samples of the exact target.
+   fixed Haar map's, on the same samples of the exact target (flow IMH or latent HMC, chosen as
+   ``rgflow probe --sampler auto`` does).
+
+``--phases critical`` and ``--phases massive`` may run as two processes at once (one per core): each
+merges its own phase's rows into the JSON when it saves.
 
 Usage::
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 import matplotlib
@@ -32,9 +39,10 @@ import numpy as np  # noqa: E402
 from common import ROOT, add_output_arguments, machine  # noqa: E402
 
 from rgflow.config import TrainConfig  # noqa: E402
-from rgflow.holography.probe import probe, target_samples  # noqa: E402
+from rgflow.holography.probe import choose_sampler, probe, target_samples  # noqa: E402
 from rgflow.mcmc.run import run_sampler, summarize  # noqa: E402
 from rgflow.physics.models import make_action  # noqa: E402
+from rgflow.report import read_metrics  # noqa: E402
 from rgflow.stats import format_value_error  # noqa: E402
 from rgflow.train import train  # noqa: E402
 from rgflow.runs import open_run  # noqa: E402
@@ -111,15 +119,26 @@ def main() -> None:
     p.add_argument("--stages", default="scan,train,probe")
     p.add_argument("--minutes", type=float, default=10.0, help="flow training budget per point")
     p.add_argument("--L", type=int, default=32)
-    p.add_argument("--n", type=int, default=200, help="recorded latent-HMC steps per chain for the probes")
+    p.add_argument("--n", type=int, default=200, help="recorded sampler steps per chain for the probes")
+    p.add_argument("--phases", default="critical,massive", help="comma-separated subset of critical, massive")
     add_output_arguments(p, "holography")
     args = p.parse_args()
     stages = args.stages.split(",")
     out, work = Path(args.out), Path(args.work)
     result = json.loads(out.read_text()) if out.exists() else {}
 
-    def save():
+    phases = args.phases.split(",")
+    if set(phases) - {"critical", "massive"}:
+        p.error("allowed phases: critical, massive")
+
+    def save():  # another process may own the other phase: merge its rows from the file
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            disk = json.loads(out.read_text())
+            for key in ("train", "probes", "earlier_flow"):
+                mine = {k: v for k, v in result.get(key, {}).items() if k.split("-")[0] in phases}
+                merged = {k: v for k, v in disk.get(key, {}).items() if k.split("-")[0] not in phases}
+                result[key] = {**merged, **mine}
         out.write_text(json.dumps(result, indent=1) + "\n")
 
     figures = ROOT.parent / "figures"
@@ -130,24 +149,36 @@ def main() -> None:
             result["points"] = choose_points(result["scan"])
             print("points:", result["points"], flush=True)
             save()
-        for phase in ("critical", "massive"):
+        for phase in phases:
             kappa = result["points"][phase]
             run = work / f"{phase}-L{args.L}"
             if "train" in stages:
                 cfg = TrainConfig(action="complex-phi4", L=args.L, params={"t": kappa, "mu": 1 - 2 * LAM, "lam": LAM},
                                   minutes=args.minutes, seed=args.seed, eval_every=10**9)
+                old = result.get("train", {}).get(phase)
+                if old and old["config"].get("block") != cfg.block:
+                    result.setdefault("earlier_flow", {})[phase] = {
+                        "train": old, "probes": {c: result.get("probes", {}).pop(f"{phase}-{c}", None)
+                                                 for c in ("flow", "haar")}}
                 shutil.rmtree(run, ignore_errors=True)
                 summary = train(cfg, run)
-                result.setdefault("train", {})[phase] = {"steps": summary["step"], "seconds": summary["elapsed"],
-                                                         "config": cfg.to_dict()}
+                losses = [m["loss"] for m in read_metrics(run)[0]]
+                tenth = max(1, len(losses) // 10)
+                result.setdefault("train", {})[phase] = {
+                    "steps": summary["step"], "seconds": summary["elapsed"], "config": cfg.to_dict(),
+                    "loss_tenths": [float(np.mean(losses[-2 * tenth:-tenth])), float(np.mean(losses[-tenth:]))]}
                 save()
             if "probe" in stages:
                 opened = open_run(run, "flow")  # one set of exact-target samples, probed in both coordinates
                 cfg, flow = opened.config, opened.model
-                samples = target_samples(flow, cfg.make_action(), "latent-hmc", args.n, 16, args.seed, 100)
+                t0 = time.perf_counter()
+                sampler, choice = choose_sampler(flow, cfg.make_action(), args.seed)
+                samples = target_samples(flow, cfg.make_action(), sampler, args.n, 16, args.seed, 100)
+                sampling_seconds = time.perf_counter() - t0
                 for coords in ("flow", "haar"):
-                    res = probe(run, n=args.n, chains=16, sampler="latent-hmc", coords=coords, seed=args.seed,
+                    res = probe(run, n=args.n, chains=16, sampler=sampler, coords=coords, seed=args.seed,
                                 out_dir=work / f"probe-{phase}-{coords}", samples=samples)
+                    res["sampler_choice"], res["seconds"]["sampling"] = choice, sampling_seconds
                     result.setdefault("probes", {})[f"{phase}-{coords}"] = res
                     print(f"{phase} {coords}: total MI {format_value_error(*res['total_mi_gaussian'])}, preferred "
                           f"{res['geometry'].get('preferred')}", flush=True)
