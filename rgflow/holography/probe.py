@@ -32,18 +32,15 @@ PROBE_SAMPLERS = ("auto", "imh", "latent-hmc")
 AUTO_IMH_ESS = 0.05
 
 
-@torch.no_grad()
 def choose_sampler(flow, action, seed: int = 0, pilot: int = 1024, batch: int = 256) -> tuple[str, dict]:
     """``("imh" | "latent-hmc", record)``: IMH when the Kish ESS/N of ``w = exp(-S - ln q)`` on ``pilot``
     fresh flow samples is at least :data:`AUTO_IMH_ESS`; ``record`` holds the pilot's ESS/N and the rule."""
-    from rgflow.stats import effective_sample_size
+    from rgflow.flows.base import device_of
+    from rgflow.train.diagnostics import draw, weight_summary
 
-    gen = torch.Generator(device=next(flow.parameters()).device).manual_seed(seed + 7919)
-    log_w = []
-    for i in range(0, pilot, batch):
-        x, log_q = flow.sample(min(batch, pilot - i), generator=gen)
-        log_w.append((-action(x) - log_q).double().cpu())
-    ess = effective_sample_size(torch.cat(log_w).numpy())
+    gen = torch.Generator(device=device_of(flow)).manual_seed(seed + 7919)
+    _, log_q, S = draw(flow, action, pilot, batch, generator=gen)
+    ess = weight_summary(log_q, S, 0.0)["ess"]
     choice = "imh" if ess >= AUTO_IMH_ESS else "latent-hmc"
     return choice, {"pilot_samples": pilot, "pilot_ess": ess, "imh_from_ess": AUTO_IMH_ESS}
 

@@ -43,8 +43,7 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
                           equivariance=cfg.equivariance, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
-                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint,
-                          **({"conv_finest": True} if cfg.conv_finest else {}))
+                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint, conv_finest=cfg.conv_finest)
     if cfg.mixture:
         from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
 
