@@ -216,10 +216,11 @@ def stage_exact(point, L, work: Path, seed: int, nfe: int, samples: int, net: st
     return res
 
 
-def stage_imh(point, L, work: Path, seed: int, nfe: int, n: int, chains: int) -> dict:
-    """DM-MC and HMC chains on the same target: cost per independent |m| (likelihood included)."""
+def stage_imh(point, L, work: Path, seed: int, nfe: int, n: int, chains: int, net: str = "local") -> dict:
+    """DM-MC (the rg model, ``net``: its label) and HMC chains on the same target: cost per independent |m|
+    (likelihood included)."""
     action, params = POINTS[point]
-    run = work / run_name(point, L, "rg", "local")
+    run = work / run_name(point, L, "rg", net)
     imh = rgflow_cli(["mcmc", run, "--sampler", "imh", "--nfe", nfe, "--n", n, "--chains", chains, "--seed", seed,
                       "--json"])
     hmc = rgflow_cli(["mcmc", "--sampler", "hmc", "--action", action, *_flags(params), "--L", L, "--n", 4000,
@@ -259,7 +260,7 @@ def main() -> None:
     p.add_argument("schedule", nargs="?", choices=list(LADDER))
     p.add_argument("net", nargs="?", choices=["local", "unet"])
     p.add_argument("--minutes", type=float, default=15.0)
-    p.add_argument("--depth", type=int, help="train, ladder, exact: the net's depth (default: the CLI's; the run and "
+    p.add_argument("--depth", type=int, help="train, ladder, exact, imh: the net's depth (default: the CLI's; the run and "
                    "case are then named NET.dDEPTH)")
     p.add_argument("--nfe", type=int, default=4, help="exact, imh: evaluations of the finest level")
     p.add_argument("--nfes", help="ladder: comma-separated NFE rungs instead of the schedule's default ladder")
@@ -295,9 +296,9 @@ def main() -> None:
         elif args.stage == "exact":
             result = stage_exact(point, L, work, args.seed, args.nfe, args.samples, net_label("local", args.depth))
         else:
-            result = stage_imh(point, L, work, args.seed, args.nfe, args.n, args.chains)
+            result = stage_imh(point, L, work, args.seed, args.nfe, args.n, args.chains, net_label("local", args.depth))
     parts = [args.stage, point, L] + ([args.schedule, net_label(args.net, args.depth)] if args.stage in ("train", "ladder")
-                                      else [f"d{args.depth}"] if args.stage == "exact" and args.depth else [])
+                                      else [f"d{args.depth}"] if args.stage in ("exact", "imh") and args.depth else [])
     result["machine"] = machine()
     case_path(work, *parts).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {case_path(work, *parts)}")

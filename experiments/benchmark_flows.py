@@ -5,7 +5,8 @@ measures on ``--n-eval`` fresh samples the ESS/N, IMH acceptance, F_var and, for
 F_var - F_exact (``kl_exact``; :func:`rgflow.train.evaluate`)
 and splits the KL and Var(ln w) by RG level (:func:`rgflow.by_level.kl_by_level`, hierarchical flows).
 Cases are ``ARCH-L<L>`` with ARCH one of :data:`ARCHS` (``conv-L32-from16`` starts from ``conv-L16``:
-a plain weight copy). Results go to ``results/flows.json`` under ``cases``; one case per process, each
+a plain weight copy; ``conv-L32-b16-from16`` trains with batch 16 instead of ``--batch-size``;
+``conv-L64-b16-from32b16`` starts from that one). Results go to ``results/flows.json`` under ``cases``; one case per process, each
 pinned to its own core::
 
     OMP_NUM_THREADS=1 taskset -c 1 python experiments/benchmark_flows.py --cases spline-L16,conv-L16 --minutes 10
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from common import add_output_arguments, machine
 
@@ -39,26 +43,33 @@ ARCHS = {
     "conv-h16-z2": {"block": "conv", "hidden": 16, "equivariant": True},
     "conv-h16-pg": {"block": "conv", "hidden": 16, "path_gradient": True},
     "conv-h16-own0": {"block": "conv", "hidden": 16, "conv_finest": True},
+    "conv-h16-bins16": {"block": "conv", "hidden": 16, "num_bins": 16},
+    "conv-h16-lr6": {"block": "conv", "hidden": 16, "lr": 6e-3},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
     "flat": {"flow": "flat"},
 }
 
 
-def parse_case(name: str) -> tuple[str, str, int, str | None]:
-    """``[ising-]ARCH-L<L>[-from<L0>]`` -> ``(model, arch, L, source case or None)``."""
+def parse_case(name: str) -> tuple[str, str, int, str | None, int | None]:
+    """``[ising-]ARCH-L<L>[-b<B>][-from<L0>[b<B0>]]`` -> ``(model, arch, L, source case or None, batch or None)``."""
     model = "ising" if name.startswith("ising-") else "phi4"
     head, _, source = name.removeprefix("ising-").partition("-from")
+    head, batch = (head.rsplit("-b", 1) if re.search(r"-b\d+$", head) else (head, None))
     arch, _, size = head.rpartition("-L")
-    if arch not in ARCHS or not size.isdigit():
-        raise ValueError(f"case {name!r} is not allowed; allowed: [ising-]ARCH-L<L>[-from<L0>], ARCH in "
-                         f"{', '.join(ARCHS)}")
+    source_match = re.fullmatch(r"(\d+)(b\d+)?", source)
+    if arch not in ARCHS or not size.isdigit() or (source and not source_match):
+        raise ValueError(f"case {name!r} is not allowed; allowed: [ising-]ARCH-L<L>[-b<batch>][-from<L0>[b<batch0>]], "
+                         f"ARCH in {', '.join(ARCHS)}")
     prefix = "ising-" if model == "ising" else ""
-    return model, arch, int(size), f"{prefix}{arch}-L{source}" if source else None
+    if source:  # the source case: ARCH-L<L0>, or ARCH-L<L0>-b<batch0> when it trained with its own batch
+        source = f"{prefix}{arch}-L{source_match[1]}" + (f"-{source_match[2]}" if source_match[2] else "")
+    return model, arch, int(size), source or None, int(batch) if batch else None
 
 
 def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, device: str = "cpu",
              batch_size: int = 64, split: tuple[int, int] = (512, 32), eval_only: bool = False) -> dict:
-    model, arch, L, source = parse_case(name)
+    model, arch, L, source, case_batch = parse_case(name)
+    batch_size = case_batch or batch_size
     run_dir = work / name
     if source:  # the source case's folder, itself possibly grown (conv-h16-L32-from16)
         found = [work / source, *sorted(work.glob(f"{source}-from*"))]
@@ -67,9 +78,9 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
         extra = {}
     cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
                       batch_size=batch_size, **ARCHS[arch], **extra)
-    if eval_only:  # the run folder trained before: its last logged step and time
-        last = read_metrics(run_dir)[0][-1]
-        summary = {"step": last["step"], "elapsed": last["time"]}
+    if eval_only:  # the run folder trained before: its checkpoint's step and time
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
+        summary = {"step": state["step"], "elapsed": state["elapsed"]}
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         summary = train(cfg, run_dir)

@@ -32,6 +32,8 @@ an odd spline (knots mirrored about 0) and ``a, b`` odd shifts. U(1) is not avai
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from nflows.transforms.base import Transform
 from torch import nn
@@ -39,7 +41,7 @@ from torch import nn
 from rgflow.flows.base import on_sublattice
 from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
 
-__all__ = ["ConvCouplingStack", "ConvLevel", "CONV_COUPLINGS", "grid_masks"]
+__all__ = ["ConvCouplingStack", "ConvLevel", "CONV_COUPLINGS", "PeriodicConv3x3", "grid_masks"]
 
 #: elementwise maps of the convolutional couplings
 CONV_COUPLINGS = ("spline", "affine")
@@ -51,6 +53,23 @@ def grid_masks(n: int) -> list[tuple[int, int, int]]:
     followed by its complement (so every site is transformed by every pair)."""
     patterns = ((1, 1), (1, 0), (0, 1))
     return [(*patterns[(t // 2) % 3], t % 2) for t in range(n)]
+
+
+class PeriodicConv3x3(nn.Conv2d):
+    """A 3x3 convolution on the torus, ``[B, C_in, m, m] -> [B, C_out, m, m]``.
+
+    The same map as ``nn.Conv2d(C_in, C_out, 3, padding=1, padding_mode="circular")`` (and the same state
+    dict), with the periodic halo built by two concatenations: the generic circular padding copies nine
+    slices forward and zero-fills and scatters them backward, which cost a third of a training step.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
+        x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class _Coupling(nn.Module):
@@ -70,8 +89,8 @@ class _Coupling(nn.Module):
         dims = [channels + 2] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            mods += [nn.Conv2d(a, b, 3, padding=1, padding_mode="circular"), nn.SiLU()]
-        self.out = nn.Conv2d(dims[-1], channels * per_site, 3, padding=1, padding_mode="circular")
+            mods += [PeriodicConv3x3(a, b), nn.SiLU()]
+        self.out = PeriodicConv3x3(dims[-1], channels * per_site)
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             bias = self.out.bias.view(channels, per_site)
@@ -91,42 +110,49 @@ class _Coupling(nn.Module):
         """``[B, C, P, m, m]`` coupling parameters (odd/even parts for ``odd``)."""
         B, C, m = y.shape[0], y.shape[1], y.shape[-1]
         const = torch.stack([M, torch.full_like(M, float(level))]).expand(B, 2, m, m)
-        net = lambda v: self.out(self.body(torch.cat([v * (1 - M), const], dim=1))).view(B, C, self.per_site, m, m)
+        # channels-last input: the small-channel 3x3 convolutions run ~1.4x faster forward and backward on a CPU
+        net = lambda v: self.out(self.body(torch.cat([v * (1 - M), const], dim=1).contiguous(
+            memory_format=torch.channels_last))).view(B, C, self.per_site, m, m)
         if not self.odd:
             return net(y)
         p, q = net(y), net(-y)
         n_shift = 2 if self.kind == "spline" else 1
         return torch.cat([(p[:, :, :n_shift] - q[:, :, :n_shift]) / 2, (p[:, :, n_shift:] + q[:, :, n_shift:]) / 2], 2)
 
-    def _spline(self, x: torch.Tensor, knots: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Elementwise spline: ``x [N]``, ``knots [N, 3K - 1]`` -> ``(y [N], ln|dy/dx| [N])``."""
-        y, logd = rq_spline(x.unsqueeze(0), knots.T.unsqueeze(0), self.bound, inverse)
-        return y[0], logd  # one feature: the sum over features is the elementwise log-derivative
-
     def forward(self, y: torch.Tensor, level: int, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        B, C, m = y.shape[0], y.shape[1], y.shape[-1]
         M = self._where(y)
-        params = self._params(y, M, level)  # [B, C, P, m, m]
+        sites = _mask_sites(*self.mask, m, y.device)  # [n]: the half that moves
+        # the moving half only, feature-major: parameters [P, N] and values [N], N = B C n (the spline's fast layout)
+        params = self._params(y, M, level).flatten(3)[..., sites].permute(2, 0, 1, 3).reshape(self.per_site, -1)
+        u = y.flatten(2)[..., sites].reshape(-1)
         if self.kind == "affine":
-            shift, log_scale = params[:, :, 0], 3.0 * torch.tanh(params[:, :, 1] / 3.0)
-            moved = (y - shift) * torch.exp(-log_scale) if inverse else y * torch.exp(log_scale) + shift
+            shift, log_scale = params[0], 3.0 * torch.tanh(params[1] / 3.0)
+            moved = (u - shift) * torch.exp(-log_scale) if inverse else u * torch.exp(log_scale) + shift
             logd = log_scale
+        elif self.odd:
+            a, b, half = params[0], params[1], params[2:]
+            h = self.K // 2
+            w, hh, d = half[:h], half[h:2 * h], half[2 * h:]  # d: centre slope, then h - 1 outer ones
+            knots = torch.cat([w.flip(0), w, hh.flip(0), hh, d[1:].flip(0), d], dim=0)
+            v, logd = rq_spline((u - (b if inverse else a)).unsqueeze(0), knots.unsqueeze(0), self.bound, inverse)
+            moved = v[0] + (a if inverse else b)
         else:
-            flat = params.permute(0, 1, 3, 4, 2).reshape(-1, self.per_site)  # [N, P]
-            if self.odd:
-                a, b, half = flat[:, 0], flat[:, 1], flat[:, 2:]
-                h = self.K // 2
-                w, hh, d = half[:, :h], half[:, h:2 * h], half[:, 2 * h:]  # d: centre slope, then h - 1 outer ones
-                knots = torch.cat([w.flip(1), w, hh.flip(1), hh, d[:, 1:].flip(1), d], dim=1)
-                u = y.reshape(-1) - (b if inverse else a)
-                v, logd = self._spline(u, knots, inverse)
-                moved, logd = (v + (a if inverse else b)).view_as(y), logd.view_as(y)
-            else:
-                v, logd = self._spline(y.reshape(-1), flat, inverse)
-                moved, logd = v.view_as(y), logd.view_as(y)
+            v, logd = rq_spline(u.unsqueeze(0), params.unsqueeze(0), self.bound, inverse)
+            moved = v[0]
+        if self.kind == "spline":
             logd = -logd if inverse else logd  # rq_spline returns ln|dx/dy| for inverse; keep the forward one
-        out = torch.where(M.bool(), moved, y)
+        out = y.flatten(2).index_copy(2, sites, moved.view(B, C, -1)).view_as(y)
         sign = -1.0 if inverse else 1.0
-        return out, sign * (logd * M).sum(dim=(1, 2, 3))
+        return out, sign * logd.view(B, -1).sum(1)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask_sites(a: int, b: int, parity: int, m: int, device: torch.device) -> torch.Tensor:
+    """Flat indices ``[m^2 / 2]`` of the sites ``(i, j)`` of an ``m x m`` grid with ``(a i + b j) mod 2 == parity``."""
+    i = torch.arange(m)
+    where = ((a * i[:, None] + b * i[None, :]) % 2 == parity).flatten()
+    return torch.arange(m * m)[where].to(device)
 
 
 class ConvCouplingStack(nn.Module):

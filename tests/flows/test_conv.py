@@ -4,13 +4,25 @@ import torch
 
 from rgflow.config import TrainConfig
 from rgflow.flows import build_flow
-from rgflow.flows.conv import ConvCouplingStack
+from rgflow.flows.conv import ConvCouplingStack, PeriodicConv3x3
 from rgflow.layout import Layout
 from tests.flows import perturbed
 
 
 def _perturbed(module):
     return perturbed(module, 0.1, seed=1)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_periodic_conv_is_the_circular_conv2d_with_its_state_dict(m, float64):
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+    conv = PeriodicConv3x3(3, 4)
+    conv.load_state_dict(ref.state_dict())  # same keys and shapes: saved runs load unchanged
+    x = torch.randn(2, 3, m, m)
+    torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=1e-12)
+    xl = x.contiguous(memory_format=torch.channels_last)  # the memory format the couplings feed it
+    torch.testing.assert_close(conv(xl), ref(x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["affine", "spline"])
