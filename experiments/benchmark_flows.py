@@ -116,13 +116,13 @@ def report(data: dict, figure: str) -> None:
         print(f"| {name} | {r['n_params']} | {r['minutes']:.1f} | {r['steps']} | {r['ess']:.4g} | "
               f"{r['imh_acceptance']:.3f} | {r['f_variational']:.3f} ± {r['f_variational_err']:.3f} | "
               f"{'-' if r.get('kl_exact') is None else format(r['kl_exact'], '.3f')} | {shares} |")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.3, 1]})
     names = list(data["cases"])
     colours = ["tab:green" if "conv" in n else "tab:grey" if "flat" in n or "ode" in n else "tab:blue" for n in names]
     axes[0].bar(range(len(names)), [data["cases"][n]["ess"] for n in names], color=colours)
     axes[0].set_yscale("log")
     axes[0].set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    axes[0].set(ylabel="ESS / N", title="ESS at equal wall time per size (green: conv levels)")
+    axes[0].set(ylabel="ESS / N", title="ESS per case (budgets in the case table; green: conv levels)")
     for n in names:  # the split says nothing where the weights have no variance (Pareto k > 1)
         split = data["cases"][n].get("by_level")
         if split and data["cases"][n]["pareto_k"] < 1:
@@ -132,7 +132,7 @@ def report(data: dict, figure: str) -> None:
     axes[1].axhline(0, color="k", lw=0.5)
     axes[1].set(xlabel="RG level (0 = finest; the last point of each line is the top)",
                 ylabel="KL of the level given the coarser ones (nats)", title="where the KL goes (rgflow eval --by-level)")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(figure, dpi=120)
 
