@@ -100,12 +100,6 @@ class _Coupling(nn.Module):
         self.body = nn.Sequential(*mods)
         self.per_site = per_site
 
-    def _where(self, y: torch.Tensor) -> torch.Tensor:
-        a, b, parity = self.mask
-        m = y.shape[-1]
-        i = torch.arange(m, device=y.device)
-        return ((a * i[:, None] + b * i[None, :]) % 2 == parity).to(y.dtype)  # [m, m]
-
     def _params(self, y: torch.Tensor, M: torch.Tensor, level: int) -> torch.Tensor:
         """``[B, C, P, m, m]`` coupling parameters (odd/even parts for ``odd``)."""
         B, C, m = y.shape[0], y.shape[1], y.shape[-1]
@@ -121,8 +115,8 @@ class _Coupling(nn.Module):
 
     def forward(self, y: torch.Tensor, level: int, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         B, C, m = y.shape[0], y.shape[1], y.shape[-1]
-        M = self._where(y)
-        sites = _mask_sites(*self.mask, m, y.device)  # [n]: the half that moves
+        where, sites = _mask(*self.mask, m, y.device)  # [m, m] and its [n] flat indices: the half that moves
+        M = where.to(y.dtype)
         # the moving half only, feature-major: parameters [P, N] and values [N], N = B C n (the spline's fast layout)
         params = self._params(y, M, level).flatten(3)[..., sites].permute(2, 0, 1, 3).reshape(self.per_site, -1)
         u = y.flatten(2)[..., sites].reshape(-1)
@@ -148,11 +142,12 @@ class _Coupling(nn.Module):
 
 
 @functools.lru_cache(maxsize=256)
-def _mask_sites(a: int, b: int, parity: int, m: int, device: torch.device) -> torch.Tensor:
-    """Flat indices ``[m^2 / 2]`` of the sites ``(i, j)`` of an ``m x m`` grid with ``(a i + b j) mod 2 == parity``."""
+def _mask(a: int, b: int, parity: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sites ``(i, j)`` of an ``m x m`` grid with ``(a i + b j) mod 2 == parity``: ``(where [m, m] bool,
+    flat indices [m^2 / 2])``, built once per mask, size and device."""
     i = torch.arange(m)
-    where = ((a * i[:, None] + b * i[None, :]) % 2 == parity).flatten()
-    return torch.arange(m * m)[where].to(device)
+    where = (a * i[:, None] + b * i[None, :]) % 2 == parity
+    return where.to(device), torch.arange(m * m)[where.flatten()].to(device)
 
 
 class ConvCouplingStack(nn.Module):
