@@ -21,14 +21,13 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from common import add_output_arguments, machine
 
 from rgflow.by_level import kl_by_level
 from rgflow.config import TrainConfig
 from rgflow.report import read_metrics
 from rgflow.runs import open_run
+from rgflow.train.checkpoint import latest_checkpoint, load_checkpoint
 from rgflow.train import evaluate, train
 
 #: models: phi^4 at xi ~ 8 (L = 32), and the Ising model at T_c (HS relaxation; cases named ``ising-...``)
@@ -79,7 +78,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
     cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
                       batch_size=batch_size, **ARCHS[arch], **extra)
     if eval_only:  # the run folder trained before: its checkpoint's step and time
-        state = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
+        state = load_checkpoint(latest_checkpoint(run_dir))
         summary = {"step": state["step"], "elapsed": state["elapsed"]}
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
