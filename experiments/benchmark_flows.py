@@ -33,17 +33,21 @@ from rgflow.train import evaluate, train
 #: models: phi^4 at xi ~ 8 (L = 32), and the Ising model at T_c (HS relaxation; cases named ``ising-...``)
 PHYSICS = {"phi4": {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}, "ising": {"action": "ising"}}
 #: architectures: the per-cell spline blocks (the default before conv), the convolutional levels (conv-h16: the
-#: default since), the ODE-CNN levels, the flat baseline; every width explicit, so that a case means what it did
+#: default since, with 8 couplings since conv-h16-c8), the ODE-CNN levels, the flat baseline; every width and
+#: number of couplings explicit, so that a case means what it did
 ARCHS = {
     "spline": {"block": "spline", "hidden": 32},
-    "conv": {"block": "conv", "hidden": 32},
-    "conv-h16": {"block": "conv", "hidden": 16},
-    "conv-z2": {"block": "conv", "hidden": 32, "equivariant": True},
-    "conv-h16-z2": {"block": "conv", "hidden": 16, "equivariant": True},
-    "conv-h16-pg": {"block": "conv", "hidden": 16, "path_gradient": True},
-    "conv-h16-own0": {"block": "conv", "hidden": 16, "conv_finest": True},
-    "conv-h16-bins16": {"block": "conv", "hidden": 16, "num_bins": 16},
-    "conv-h16-lr6": {"block": "conv", "hidden": 16, "lr": 6e-3},
+    "conv": {"block": "conv", "n_couplings": 4, "hidden": 32},
+    "conv-h16": {"block": "conv", "n_couplings": 4, "hidden": 16},
+    "conv-z2": {"block": "conv", "n_couplings": 4, "hidden": 32, "equivariant": True},
+    "conv-h16-z2": {"block": "conv", "n_couplings": 4, "hidden": 16, "equivariant": True},
+    "conv-h16-pg": {"block": "conv", "n_couplings": 4, "hidden": 16, "path_gradient": True},
+    "conv-h16-own0": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_finest": True},
+    "conv-h16-bins16": {"block": "conv", "n_couplings": 4, "hidden": 16, "num_bins": 16},
+    "conv-h16-lr6": {"block": "conv", "n_couplings": 4, "hidden": 16, "lr": 6e-3},
+    "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8},
+    "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16},
+    "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine"},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
     "flat": {"flow": "flat"},
 }

@@ -38,6 +38,7 @@ import math
 import numpy as np
 import torch
 
+from rgflow.denormals import flush_denormals
 from rgflow.flows.base import device_of
 
 __all__ = ["kl_by_level", "format_by_level"]
@@ -61,6 +62,7 @@ def _lme(a: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+@flush_denormals()
 def kl_by_level(model, action, n_outer: int = 512, n_inner: int = 32, seed: int = 0, batch: int = 4096) -> dict:
     """The split of the module docstring for a hierarchical flow ``model`` (an RG flow or its mixture).
 

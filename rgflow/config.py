@@ -21,6 +21,7 @@ from typing import ClassVar
 from pathlib import Path
 
 from rgflow.defaults import FLOW_DEFAULTS, block_defaults, default_block, spline_range
+from rgflow.flows.conv import CONV_COUPLINGS
 from rgflow.flows.ode import ODE_METHODS
 from rgflow.flows.priors import PRIOR_KINDS
 from rgflow.flows.rgflow import FLOW_BLOCK_KINDS
@@ -211,7 +212,8 @@ class TrainConfig(LoopConfig):
                                "sublattice, one stack shared by all levels; ode-cnn: a neural-ODE CNN on each level's "
                                "sublattice)", choices=FLOW_BLOCK_KINDS, group="flow")
     block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side b (even)", group="flow")
-    n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block", group="flow")
+    n_couplings: int | None = option(None, "coupling layers per block (default 8 for block conv, 4 otherwise)",
+                                     group="flow")
     hidden: int | None = option(None, "conditioner width (default 16 for block conv, 32 otherwise)", group="flow")
     layers: int = option(FLOW_DEFAULTS["layers"], "conditioner hidden layers", group="flow")
     repeats: int = option(1, "disentangler/decimator pairs per level", group="flow")
@@ -228,6 +230,8 @@ class TrainConfig(LoopConfig):
                                  choices=("auto", "none", "z2", "d4", "z2xd4"), group="flow")
     conv_finest: bool = option(False, "block conv: the finest level gets couplings of its own (the coarser levels "
                                "share one stack; still independent of L)", group="flow")
+    conv_coupling: str = option("spline", "block conv: the elementwise map of each coupling (spline-affine: the "
+                                "spline followed by a conditional shift and scale)", choices=CONV_COUPLINGS, group="flow")
     ode_method: str = option("rk4", choices=ODE_METHODS, group="flow")
     ode_steps: int = option(8, "fixed-step ODE solver steps", group="flow")
     ode_levels: str | None = option(None, "neural-ODE CNN levels, the others keep --block blocks: ':' all, '2:' levels "
@@ -250,7 +254,7 @@ class TrainConfig(LoopConfig):
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "action", "L", "params", "flow", "block", "block_size", "n_couplings", "hidden", "layers",
         "repeats", "depth", "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant", "mixture",
-        "ode_method", "ode_steps", "ode_levels", "conv_finest",
+        "ode_method", "ode_steps", "ode_levels", "conv_finest", "conv_coupling",
     )
 
     def __post_init__(self):
@@ -311,6 +315,9 @@ class TrainConfig(LoopConfig):
                             depth=self.depth or (1 if self.flow == "tebd" else None), repeats=self.repeats)
             if self.conv_finest and self.block != "conv":
                 raise ValueError(f"conv_finest=true is not allowed with block={self.block!r}; allowed: block='conv'")
+            if self.conv_coupling != "spline" and self.block != "conv":
+                raise ValueError(f"conv_coupling={self.conv_coupling!r} is not allowed with block={self.block!r}; "
+                                 "allowed: block='conv'")
             if self.block == "conv" and (self.flow != "mera" or self.learn_level_scale or self.ode_levels):
                 raise ValueError(f"block='conv' needs flow='mera', learn_level_scale=false and no ode_levels, got "
                                  f"flow={self.flow!r}, learn_level_scale={self.learn_level_scale}, "

@@ -13,11 +13,12 @@ __all__ = ["FLOW_DEFAULTS", "CELL_BLOCK_DEFAULTS", "block_defaults", "default_bl
 #: Defaults of the lattice flow's architecture (the spline range depends on the action: :func:`spline_range`):
 #: convolutional couplings of width 16 on every level of the MERA, one stack shared by all levels. They won
 #: every comparison at equal wall time (``experiments/results/flows.json``: ESS 0.295 against the spline
-#: blocks' 0.0146 at L = 16, 0.798 against 0.715 in the L = 8 demo setting; ``docs/scale.md``).
+#: blocks' 0.0146 at L = 16, 0.798 against 0.715 in the L = 8 demo setting; ``docs/scale.md``); eight couplings
+#: per level beat four at L = 8, 16 and 32 and on the Ising model, at equal wall time (``docs/scale.md``).
 FLOW_DEFAULTS = {
     "block": "conv",
     "block_size": 2,
-    "n_couplings": 4,
+    "n_couplings": 8,
     "hidden": 16,
     "layers": 2,
     "prior": "normal",
@@ -26,7 +27,7 @@ FLOW_DEFAULTS = {
 
 #: Defaults of the blocks that act on one RG cell each (``spline``, ``affine``, ``ode``): the lattice default
 #: before ``conv``, still the default of TEBD flows, of ``--ode-levels`` and of the image flows.
-CELL_BLOCK_DEFAULTS = {"block": "spline", "hidden": 32, "learn_level_scale": True}
+CELL_BLOCK_DEFAULTS = {"block": "spline", "n_couplings": 4, "hidden": 32, "learn_level_scale": True}
 
 
 def default_block(flow: str = "mera", ode_levels: str | None = None) -> str:
@@ -36,10 +37,11 @@ def default_block(flow: str = "mera", ode_levels: str | None = None) -> str:
 
 
 def block_defaults(block: str) -> dict:
-    """``{"hidden", "learn_level_scale"}`` for a block kind: width 16 and no per-level prior scales (they would
-    tie the flow to one L) for ``conv``; width 32 and learned level scales for the per-cell blocks."""
+    """``{"n_couplings", "hidden", "learn_level_scale"}`` for a block kind: 8 couplings of width 16 and no
+    per-level prior scales (they would tie the flow to one L) for ``conv``; 4 couplings of width 32 and learned
+    level scales for the per-cell blocks."""
     source = FLOW_DEFAULTS if block == "conv" else CELL_BLOCK_DEFAULTS
-    return {"hidden": source["hidden"], "learn_level_scale": source["learn_level_scale"]}
+    return {key: source[key] for key in ("n_couplings", "hidden", "learn_level_scale")}
 
 
 def spline_range(action: str | None = None) -> tuple[int, float]:

@@ -52,6 +52,12 @@ def test_the_default_block_follows_the_hierarchy():
     assert TrainConfig(steps=1, flow="flat").hidden == 32
     assert TrainConfig(steps=1, ode_levels="1:").block == "spline"
     assert TrainConfig(steps=1, block="conv", hidden=8).hidden == 8
+    # couplings per level: 8 for conv (they beat 4 at equal wall time, docs/scale.md), 4 for the per-cell blocks
+    assert [TrainConfig(steps=1, block=b).n_couplings for b in ("conv", "spline", "affine")] == [8, 4, 4]
+    assert TrainConfig(steps=1, flow="flat").n_couplings == 4
+    assert TrainConfig(steps=1, n_couplings=6).n_couplings == 6
+    assert len(build_flow(Layout(8)).conv_stack.couplings) == 8
+    assert len(build_flow(Layout(8), block="spline").sublayers[0].transform._transforms) == 4
     assert not hasattr(build_flow(Layout(8, kind="tebd", depth=1)), "conv_stack")
     assert not hasattr(build_flow(Layout(8), ode_levels="2:"), "conv_stack")
 

@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rgflow.denormals import flush_denormals
 from rgflow.cli.common import Parser, add_eval_arguments, run_eval, run_train
 from rgflow.config import (COUPLING_NAMES, TrainConfig, add_config_arguments, add_run_arguments, load_toml,
                            normalize_keys)
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return _run(args)
+        with flush_denormals():
+            return _run(args)
     except TrainingInterrupted as exc:
         print(f"rgflow {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,8 +8,10 @@ given the other half through a periodic CNN:
 
     ``y' = (1 - M) y + M f(y; theta(c))``,  ``c = [(1 - M) y, M, l]``  (``[B, C + 2, m, m]``),
 
-with ``f`` elementwise monotone: a rational-quadratic spline (``kind="spline"``, linear tails, knots from
-the CNN; :func:`rgflow.flows.spline.rq_spline`) or ``y e^{s} + t`` (``kind="affine"``, ``s`` tanh-bounded).
+with ``f`` elementwise monotone: a rational-quadratic spline ``g`` (``kind="spline"``, identity tails, knots
+from the CNN; :func:`rgflow.flows.spline.rq_spline`), ``y e^{s} + t`` (``kind="affine"``, ``s`` tanh-bounded,
+``|s| < 3``), or both, ``t + e^{s} g(y)`` (``kind="spline-affine"``: the shift and scale place each site's
+conditional density, the spline shapes it).
 The CNN (``layers`` circular 3x3 convolutions of width ``hidden`` with SiLU, then a 3x3 output layer that
 starts at zero, so every coupling starts as the identity) sees ``layers + 1`` sublattice sites in each
 direction: the neighbouring cells of the level and, through them, the coarse variables (the sites that move
@@ -27,8 +29,8 @@ runs).
 **Symmetries.** Convolutions are periodic and the masks have period 2, so every coupling commutes with
 translations by two sublattice sites (``2^{l+1}`` lattice sites); with ``equivariance="z2"`` the map is odd,
 ``f(-y) = -f(y)``: the CNN is evaluated on ``c`` and on ``c`` with ``y -> -y``, and its even part gives the
-log-scales (affine) or the knots (spline), its odd part the shifts; the spline is ``b + g(y - a)`` with ``g``
-an odd spline (knots mirrored about 0) and ``a, b`` odd shifts. U(1) is not available for these levels.
+log-scales and the knots, its odd part the shifts; the spline is ``b + e^{s} g(y - a)`` (``s = 0`` for
+``kind="spline"``) with ``g`` an odd spline (knots mirrored about 0) and ``a, b`` odd shifts. U(1) is not available for these levels.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from rgflow.flows.spline import UNIT_SLOPE_LOGIT, rq_spline
 __all__ = ["ConvCouplingStack", "ConvLevel", "CONV_COUPLINGS", "PeriodicConv3x3", "grid_masks"]
 
 #: elementwise maps of the convolutional couplings
-CONV_COUPLINGS = ("spline", "affine")
+CONV_COUPLINGS = ("spline", "affine", "spline-affine")
 
 
 def grid_masks(n: int) -> list[tuple[int, int, int]]:
@@ -80,12 +82,14 @@ class _Coupling(nn.Module):
         super().__init__()
         self.mask, self.kind, self.odd = mask, kind, odd
         self.C, self.K, self.bound = channels, num_bins, tail_bound
+        # the affine part: shift t and log-scale s ("affine", "spline-affine"); an odd spline's outer shift is t
+        self.n_affine = {"spline": 0, "affine": 2, "spline-affine": 1 if odd else 2}[kind]
         if kind == "affine":
             per_site = 2  # shift, log-scale
-        elif odd:
-            per_site = 2 + 3 * num_bins // 2  # shifts a, b; half the widths, heights, slopes (centre included)
+        elif odd:  # shifts a, b; the log-scale; half the widths, heights, slopes (centre included)
+            per_site = 2 + self.n_affine + 3 * num_bins // 2
         else:
-            per_site = 3 * num_bins - 1
+            per_site = self.n_affine + 3 * num_bins - 1
         dims = [channels + 2] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -95,8 +99,8 @@ class _Coupling(nn.Module):
         with torch.no_grad():
             bias = self.out.bias.view(channels, per_site)
             bias.zero_()
-            if kind == "spline":  # unit knot slopes: the identity spline
-                bias[:, (2 + num_bins) if odd else 2 * num_bins:] = UNIT_SLOPE_LOGIT
+            if kind != "affine":  # unit knot slopes: the identity spline
+                bias[:, per_site - (num_bins // 2 if odd else num_bins - 1):] = UNIT_SLOPE_LOGIT
         self.body = nn.Sequential(*mods)
         self.per_site = per_site
 
@@ -110,7 +114,7 @@ class _Coupling(nn.Module):
         if not self.odd:
             return net(y)
         p, q = net(y), net(-y)
-        n_shift = 2 if self.kind == "spline" else 1
+        n_shift = 1 if self.kind == "affine" else 2
         return torch.cat([(p[:, :, :n_shift] - q[:, :, :n_shift]) / 2, (p[:, :, n_shift:] + q[:, :, n_shift:]) / 2], 2)
 
     def forward(self, y: torch.Tensor, level: int, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,25 +124,55 @@ class _Coupling(nn.Module):
         # the moving half only, feature-major: parameters [P, N] and values [N], N = B C n (the spline's fast layout)
         params = self._params(y, M, level).flatten(3)[..., sites].permute(2, 0, 1, 3).reshape(self.per_site, -1)
         u = y.flatten(2)[..., sites].reshape(-1)
-        if self.kind == "affine":
-            shift, log_scale = params[0], 3.0 * torch.tanh(params[1] / 3.0)
-            moved = (u - shift) * torch.exp(-log_scale) if inverse else u * torch.exp(log_scale) + shift
-            logd = log_scale
-        elif self.odd:
-            a, b, half = params[0], params[1], params[2:]
-            h = self.K // 2
-            w, hh, d = half[:h], half[h:2 * h], half[2 * h:]  # d: centre slope, then h - 1 outer ones
-            knots = torch.cat([w.flip(0), w, hh.flip(0), hh, d[1:].flip(0), d], dim=0)
-            v, logd = rq_spline((u - (b if inverse else a)).unsqueeze(0), knots.unsqueeze(0), self.bound, inverse)
-            moved = v[0] + (a if inverse else b)
-        else:
-            v, logd = rq_spline(u.unsqueeze(0), params.unsqueeze(0), self.bound, inverse)
-            moved = v[0]
-        if self.kind == "spline":
-            logd = -logd if inverse else logd  # rq_spline returns ln|dx/dy| for inverse; keep the forward one
+        moved, logd = self._elementwise(u, params, inverse)
         out = y.flatten(2).index_copy(2, sites, moved.view(B, C, -1)).view_as(y)
         sign = -1.0 if inverse else 1.0
         return out, sign * logd.view(B, -1).sum(1)
+
+    def _elementwise(self, u: torch.Tensor, params: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The monotone map of the moving values ``u [N]`` with parameters ``params [P, N]``: ``(f(u) or
+        f^{-1}(u), ln f'`` at the forward map's input ``[N])``. ``f(u) = t + e^s g(u - a)``: ``g`` the spline
+        (the identity for ``"affine"``; odd for ``odd``, with its inner shift ``a``, else ``a = 0``), ``t, s``
+        (``s = 3 tanh(s_raw / 3)``) present for ``"affine"`` and ``"spline-affine"`` (an odd spline always has
+        ``t``)."""
+        soft = lambda raw: 3.0 * torch.tanh(raw / 3.0)  # noqa: E731 -- |s| < 3
+        if self.kind == "affine":
+            a, t, log_scale, knots = None, params[0], soft(params[1]), None
+        elif self.odd:
+            a, t = params[0], params[1]
+            log_scale = soft(params[2]) if self.n_affine else None
+            knots = self._knots(params[2 + self.n_affine:])
+        else:
+            a = None
+            t, log_scale = (params[0], soft(params[1])) if self.n_affine else (None, None)
+            knots = params[self.n_affine:]
+        if inverse:  # u = t + e^s g(v - a)
+            w = u if t is None else u - t
+            w = w if log_scale is None else w * torch.exp(-log_scale)
+            if self.kind == "affine":
+                v, logd = w, torch.zeros_like(w)
+            else:
+                v, logd = rq_spline(w.unsqueeze(0), knots.unsqueeze(0), self.bound, inverse=True)
+                v, logd = v[0], -logd  # rq_spline gives ln|dv/dw| for the inverse; keep the forward ln g'
+            v = v if a is None else v + a
+        else:
+            w = u if a is None else u - a
+            if self.kind == "affine":
+                g, logd = w, torch.zeros_like(w)
+            else:
+                g, logd = rq_spline(w.unsqueeze(0), knots.unsqueeze(0), self.bound)
+                g = g[0]
+            g = g if log_scale is None else g * torch.exp(log_scale)
+            v = g if t is None else g + t
+        return v, logd if log_scale is None else logd + log_scale
+
+    def _knots(self, knots: torch.Tensor) -> torch.Tensor:
+        """The spline's ``[3K - 1, N]`` knot logits (an odd spline's mirrored from its half)."""
+        if not self.odd:
+            return knots
+        h = self.K // 2
+        w, hh, d = knots[:h], knots[h:2 * h], knots[2 * h:]  # d: centre slope, then h - 1 outer ones
+        return torch.cat([w.flip(0), w, hh.flip(0), hh, d[1:].flip(0), d], dim=0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,7 +189,7 @@ class ConvCouplingStack(nn.Module):
 
     Args:
         channels: field components ``C``; n_couplings: couplings (masks :func:`grid_masks`).
-        kind: ``"spline"`` or ``"affine"``; hidden, layers: CNN width and hidden convolutions.
+        kind: ``"spline"``, ``"affine"`` or ``"spline-affine"``; hidden, layers: CNN width and hidden convolutions.
         num_bins, tail_bound: the spline's (``num_bins`` even for ``equivariance="z2"``).
         equivariance: ``None`` or ``"z2"`` (an odd map).
     """
@@ -168,7 +202,7 @@ class ConvCouplingStack(nn.Module):
                              f"{', '.join(CONV_COUPLINGS)}")
         if equivariance not in (None, "z2"):
             raise ValueError(f"equivariance={equivariance!r} is not available for block kind 'conv'; allowed: None, 'z2'")
-        if equivariance == "z2" and kind == "spline" and num_bins % 2:
+        if equivariance == "z2" and kind != "affine" and num_bins % 2:
             raise ValueError(f"num_bins={num_bins} is not allowed for an odd spline; allowed: even numbers")
         if n_couplings < 1 or layers < 1 or hidden < 1:
             raise ValueError(f"n_couplings, layers and hidden must be >= 1, got {n_couplings}, {layers}, {hidden}")

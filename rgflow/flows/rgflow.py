@@ -138,7 +138,7 @@ def build_flow(
     layout: Layout,
     channels: int = 1,
     block: str | None = None,
-    n_couplings: int = FLOW_DEFAULTS["n_couplings"],
+    n_couplings: int | None = None,
     hidden: int | None = None,
     layers: int = FLOW_DEFAULTS["layers"],
     prior: str = FLOW_DEFAULTS["prior"],
@@ -151,8 +151,9 @@ def build_flow(
 
     The defaults are :data:`rgflow.defaults.FLOW_DEFAULTS`, the same as ``rgflow train``'s: ``block=None``
     is ``"conv"`` (below) on a MERA layout and ``"spline"`` on a TEBD layout or with ``ode_levels``
-    (:func:`rgflow.defaults.default_block`), with 4 couplings of width 16 (``hidden=None``: 16 for ``conv``, 32 for the
-    per-cell blocks, :func:`rgflow.defaults.block_defaults`), rational-quadratic splines
+    (:func:`rgflow.defaults.default_block`), with couplings and widths by block kind (``n_couplings=None`` and
+    ``hidden=None``: 8 couplings of width 16 for ``conv``, 4 of width 32 for the per-cell blocks,
+    :func:`rgflow.defaults.block_defaults`), rational-quadratic splines
     (``num_bins``/``tail_bound`` from :func:`rgflow.defaults.spline_range`; pass ``num_bins=12, tail_bound=10``
     for the Ising relaxation as the CLI does). The per-cell blocks (``spline``, ``affine``, ``ode``) get one
     block per sublayer and learned per-level prior scales by default. ``block_kwargs`` go to
@@ -180,13 +181,16 @@ def build_flow(
     if block not in FLOW_BLOCK_KINDS and block != "haar":
         raise ValueError(f"block kind {block!r} is not allowed; allowed: {', '.join(FLOW_BLOCK_KINDS)}")
     conv_finest = block_kwargs.pop("conv_finest", False)
-    if conv_finest and block != "conv":
-        raise ValueError(f"conv_finest=True is not allowed with block {block!r}; allowed: block 'conv'")
+    conv_coupling = block_kwargs.pop("conv_coupling", "spline")
+    for name, value, plain in (("conv_finest", conv_finest, False), ("conv_coupling", conv_coupling, "spline")):
+        if value != plain and block != "conv":
+            raise ValueError(f"{name}={value!r} is not allowed with block {block!r}; allowed: block 'conv'")
     defaults = block_defaults(block)
     hidden = defaults["hidden"] if hidden is None else hidden
+    n_couplings = defaults["n_couplings"] if n_couplings is None else n_couplings
     if block == "conv":
-        return _conv_flow(conv_finest, layout, channels, n_couplings, hidden, layers, prior, learn_level_scale, ode_levels,
-                          **block_kwargs)
+        return _conv_flow(conv_finest, conv_coupling, layout, channels, n_couplings, hidden, layers, prior,
+                          learn_level_scale, ode_levels, **block_kwargs)
     learn_level_scale = defaults["learn_level_scale"] if learn_level_scale is None else learn_level_scale
     ode = parse_levels(ode_levels or ":", layout.n_levels) if (block == "ode-cnn" or ode_levels) else []
     ode_checkpoint = block_kwargs.pop("ode_checkpoint", False)
@@ -208,7 +212,7 @@ def build_flow(
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)
 
 
-def _conv_flow(conv_finest: bool, layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
+def _conv_flow(conv_finest: bool, conv_coupling: str, layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
                learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
                tail_bound: float | None = None, equivariance: str | None = None, ode_method: str | None = None,
                ode_steps: int | None = None, ode_checkpoint: bool = False) -> RGFlow:
@@ -224,9 +228,9 @@ def _conv_flow(conv_finest: bool, layout: Layout, channels: int, n_couplings: in
         raise ValueError(f"ode_levels={ode_levels!r} is not allowed with block 'conv'; allowed: None (ODE levels "
                          "combine with the per-cell blocks: block 'spline')")
     bins, bound = spline_range()
-    stack = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
+    stack = ConvCouplingStack(channels, n_couplings, conv_coupling, hidden, layers, num_bins or bins, tail_bound or bound,
                               equivariance)
-    finest = ConvCouplingStack(channels, n_couplings, "spline", hidden, layers, num_bins or bins, tail_bound or bound,
+    finest = ConvCouplingStack(channels, n_couplings, conv_coupling, hidden, layers, num_bins or bins, tail_bound or bound,
                                equivariance) if conv_finest else stack
     levels = {lvl: ConvLevel(layout, lvl, finest if lvl == 0 else stack) for lvl in range(layout.n_levels)}
     flow = RGFlow(layout, [None] * len(layout.sublayers), Prior(layout, channels, prior), levels)

@@ -55,7 +55,7 @@ class ImageConfig(LoopConfig):
     block: str = option(CELL_BLOCK_DEFAULTS["block"], "block bijection of the RG flow",
                         choices=tuple(b for b in BLOCK_KINDS if b != "haar"))
     block_size: int = option(FLOW_DEFAULTS["block_size"], "RG block side (2 or 4)")
-    n_couplings: int = option(FLOW_DEFAULTS["n_couplings"], "coupling layers per block")
+    n_couplings: int = option(CELL_BLOCK_DEFAULTS["n_couplings"], "coupling layers per block")
     hidden: int = option(CELL_BLOCK_DEFAULTS["hidden"], "conditioner width")
     layers: int = FLOW_DEFAULTS["layers"]
     num_bins: int = spline_range()[0]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rgflow.denormals import flush_denormals
 from rgflow.mcmc.base import ChainResult, SeriesRecorder
 from rgflow.physics.observables import primaries
 
@@ -80,6 +81,7 @@ def observe_field(measure: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[
 
 
 @torch.no_grad()
+@flush_denormals()
 def run_chain(kernel: Kernel, state: Any, n: int,
               observe: Callable[[Any], tuple[dict[str, np.ndarray], torch.Tensor | None]], *, sampler: str,
               warmup: int = 0, keep_every: int = 0, progress: bool = False) -> ChainResult:

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from rgflow.denormals import flush_denormals
 from rgflow.flows.base import device_of
 from rgflow.mcmc.imh import independence_metropolis
 from rgflow.physics.observables import chain_observables, estimate_observables, primaries
@@ -73,6 +74,7 @@ def _jsonable(est: dict) -> dict:
     return {k: v.to_list() for k, v in est.items()}
 
 
+@flush_denormals()
 def evaluate(flow, action, n_samples: int = 16384, seed: int = 0, batch_size: int = 4096) -> dict:
     """All diagnostics as one JSON-ready dict (see the module docstring for the keys)."""
     device = device_of(flow)

@@ -43,7 +43,8 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
         flow = build_flow(layout, channels, cfg.block, cfg.n_couplings, cfg.hidden, cfg.layers, cfg.prior,
                           cfg.learn_level_scale, num_bins=cfg.num_bins, tail_bound=cfg.tail_bound,
                           equivariance=cfg.equivariance, ode_method=cfg.ode_method, ode_steps=cfg.ode_steps,
-                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint, conv_finest=cfg.conv_finest)
+                          ode_levels=cfg.ode_levels, ode_checkpoint=cfg.ode_checkpoint, conv_finest=cfg.conv_finest,
+                          conv_coupling=cfg.conv_coupling)
     if cfg.mixture:
         from rgflow.flows.symmetrize import SymmetrizedFlow, check_invariance
 
@@ -54,7 +55,8 @@ def build_model(cfg: TrainConfig, device: str | None = None) -> FieldFlow:
 
 #: config keys that must agree between a run and the run it starts from (``--init-from``)
 _TRANSFER_KEYS = ("action", "flow", "block", "block_size", "n_couplings", "hidden", "layers", "repeats", "depth",
-                  "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant", "conv_finest")
+                  "num_bins", "tail_bound", "prior", "learn_level_scale", "equivariant", "conv_finest",
+                  "conv_coupling")
 
 
 def init_from_run(cfg: TrainConfig, flow: torch.nn.Module) -> dict:

@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from rgflow.denormals import flush_denormals
 from rgflow.train.checkpoint import FolderLock, RunFolderError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rgflow.train.distributed import DistContext, init_distributed, sampler_seed
 
@@ -122,6 +123,7 @@ class Task:
     initialise: Callable[[], None] = lambda: None
 
 
+@flush_denormals()
 def run_loop(cfg, run_dir: str | Path, make_task: Callable[..., Task], resume: bool = False,
              progress: bool | None = None) -> dict:
     """Train the :class:`Task` that ``make_task(cfg, ctx, device)`` builds, under ``cfg`` (a

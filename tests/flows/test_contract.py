@@ -45,6 +45,8 @@ CASES = {
     "mera-conv-L8": lambda: _field(build_flow(Layout(8), block="conv", hidden=8, layers=1, n_couplings=6), 1, 8),
     "mera-conv-z2-L8": lambda: _field(build_flow(Layout(8), block="conv", hidden=8, layers=1, equivariance="z2"), 1, 8),
     "mera-conv-C2-L4": lambda: _field(build_flow(Layout(4), 2, block="conv", hidden=8, layers=2), 2, 4),
+    "mera-conv-spline-affine-L8": lambda: _field(build_flow(Layout(8), block="conv", hidden=8, layers=1, n_couplings=2,
+                                                            conv_coupling="spline-affine"), 1, 8),
     "mera-conv-finest-L8": lambda: _field(build_flow(Layout(8), block="conv", hidden=8, layers=1, conv_finest=True),
                                           1, 8),
     "haar-block-b2": lambda: _vector(make_block("haar", 2, 1)),

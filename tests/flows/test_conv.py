@@ -25,7 +25,7 @@ def test_periodic_conv_is_the_circular_conv2d_with_its_state_dict(m, float64):
     torch.testing.assert_close(conv(xl), ref(x), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["affine", "spline"])
+@pytest.mark.parametrize("kind", ["affine", "spline", "spline-affine"])
 def test_stack_round_trip_logdet_and_oddness(kind, float64):
     stack = _perturbed(ConvCouplingStack(1, 4, kind, hidden=8, layers=1, equivariance="z2"))
     y = torch.randn(2, 1, 4, 4)
@@ -38,6 +38,21 @@ def test_stack_round_trip_logdet_and_oddness(kind, float64):
     torch.testing.assert_close(ldm, ld, atol=1e-12, rtol=0)
     J = torch.autograd.functional.jacobian(lambda v: stack(v.view(1, 1, 4, 4), 1)[0].flatten(), y[0].flatten())
     torch.testing.assert_close(ld[0], torch.linalg.slogdet(J)[1], atol=1e-9, rtol=0)
+
+
+def test_spline_affine_is_the_identity_at_init_and_moves_the_conditional_scale(float64):
+    y = torch.randn(2, 1, 4, 4)
+    stack = ConvCouplingStack(1, 2, "spline-affine", hidden=8, layers=1)
+    z, ld = stack(y, level=0)
+    torch.testing.assert_close(z, y, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ld, torch.zeros(2), atol=1e-12, rtol=0)
+    with torch.no_grad():  # the log-scale's output bias: s = 3 tanh(0.5 / 3) at every moved site
+        for c in stack.couplings:
+            c.out.bias[1] = 0.5
+    s = 3.0 * torch.tanh(torch.tensor(0.5 / 3.0))
+    z, ld = stack(20 * y, level=0)  # also beyond the spline's range [-6, 6], where the spline is the identity
+    torch.testing.assert_close(z, 20 * y * torch.exp(s), atol=1e-9, rtol=0)  # the pair moves every site once
+    torch.testing.assert_close(ld, torch.full((2,), 16 * s.item()), atol=1e-9, rtol=0)
 
 
 def test_level_index_changes_the_map(float64):
@@ -58,8 +73,10 @@ def test_conv_flow_is_translation_invariant_and_z2_even(float64):
 
 
 def test_parameters_independent_of_L_and_a_plain_weight_copy(float64):
-    small = _perturbed(build_flow(Layout(8), block="conv", hidden=8, layers=1))
-    big = build_flow(Layout(32), block="conv", hidden=8, layers=1)
+    # 4 couplings: random perturbations of 8 couplings x 5 levels compose into splines steep enough to lose
+    # digits in sample -> log_prob (3e-3 here); trained 8-coupling flows agree to 1e-12 (docs/scale.md)
+    small = _perturbed(build_flow(Layout(8), block="conv", hidden=8, layers=1, n_couplings=4))
+    big = build_flow(Layout(32), block="conv", hidden=8, layers=1, n_couplings=4)
     assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in big.parameters())
     big.load_state_dict(small.state_dict())  # strict: the same keys and shapes at every L
     x, log_q = big.sample(4, generator=torch.Generator().manual_seed(0))
