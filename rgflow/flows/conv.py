@@ -135,16 +135,15 @@ class _Coupling(nn.Module):
         (the identity for ``"affine"``; odd for ``odd``, with its inner shift ``a``, else ``a = 0``), ``t, s``
         (``s = 3 tanh(s_raw / 3)``) present for ``"affine"`` and ``"spline-affine"`` (an odd spline always has
         ``t``)."""
-        soft = lambda raw: 3.0 * torch.tanh(raw / 3.0)  # noqa: E731 -- |s| < 3
         if self.kind == "affine":
-            a, t, log_scale, knots = None, params[0], soft(params[1]), None
+            a, t, log_scale, knots = None, params[0], _log_scale(params[1]), None
         elif self.odd:
             a, t = params[0], params[1]
-            log_scale = soft(params[2]) if self.n_affine else None
+            log_scale = _log_scale(params[2]) if self.n_affine else None
             knots = self._knots(params[2 + self.n_affine:])
         else:
             a = None
-            t, log_scale = (params[0], soft(params[1])) if self.n_affine else (None, None)
+            t, log_scale = (params[0], _log_scale(params[1])) if self.n_affine else (None, None)
             knots = params[self.n_affine:]
         if inverse:  # u = t + e^s g(v - a)
             w = u if t is None else u - t
@@ -173,6 +172,11 @@ class _Coupling(nn.Module):
         h = self.K // 2
         w, hh, d = knots[:h], knots[h:2 * h], knots[2 * h:]  # d: centre slope, then h - 1 outer ones
         return torch.cat([w.flip(0), w, hh.flip(0), hh, d[1:].flip(0), d], dim=0)
+
+
+def _log_scale(raw: torch.Tensor) -> torch.Tensor:
+    """The bounded log-scale ``s = 3 tanh(raw / 3)``, ``|s| < 3``."""
+    return 3.0 * torch.tanh(raw / 3.0)
 
 
 @functools.lru_cache(maxsize=256)

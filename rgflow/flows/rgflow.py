@@ -212,8 +212,8 @@ def build_flow(
     return RGFlow(layout, blocks, Prior(layout, channels, prior, learn_level_scale, tie_channels=u1), level_layers)
 
 
-def _conv_flow(conv_finest: bool, conv_coupling: str, layout: Layout, channels: int, n_couplings: int, hidden: int, layers: int, prior: str,
-               learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
+def _conv_flow(conv_finest: bool, conv_coupling: str, layout: Layout, channels: int, n_couplings: int, hidden: int,
+               layers: int, prior: str, learn_level_scale: bool | None, ode_levels: str | None, num_bins: int | None = None,
                tail_bound: float | None = None, equivariance: str | None = None, ode_method: str | None = None,
                ode_steps: int | None = None, ode_checkpoint: bool = False) -> RGFlow:
     """:func:`build_flow` for ``block="conv"`` (the ``ode_*`` solver options are accepted and do not apply;
