@@ -24,6 +24,7 @@ Usage::
     python experiments/benchmark_diffusion.py ladder crit 32 rg local
     python experiments/benchmark_diffusion.py train crit 32 rg local --depth 3   # run and case named local.d3
     python experiments/benchmark_diffusion.py --report
+    python experiments/benchmark_diffusion.py --restore   # on a new machine, before adding cases
 """
 from __future__ import annotations
 
@@ -271,9 +272,17 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/rgflow-diffusion")
     p.add_argument("--out", default=str(ROOT / "results" / "diffusion.json"))
     p.add_argument("--report", action="store_true", help="gather the cases into --out, draw the figures, print tables")
+    p.add_argument("--restore", action="store_true", help="write the cases of --out back into --work/cases (missing "
+                   "ones only), so that a new machine adds cases to the committed results instead of replacing them")
     args = p.parse_args()
     work = Path(args.work)
     (work / "cases").mkdir(parents=True, exist_ok=True)
+    if args.restore:
+        for stage, cases in json.loads(Path(args.out).read_text()).items():
+            for key, entry in cases.items():
+                if not case_path(work, stage, key).exists():
+                    case_path(work, stage, key).write_text(json.dumps(entry, indent=1) + "\n")
+        return
     if args.report:
         from diffusion_report import report
 

@@ -15,6 +15,8 @@ def training_values(entry: dict) -> dict:
     from rgflow.ensemble import load_ensemble
     from rgflow.stats import gamma_method
 
+    if not Path(entry["ensemble"]).exists() and "train_values" in entry:  # a case restored from the results JSON
+        return entry["train_values"]
     out = {k: v for k, v in entry["train_hmc"]["observables"].items() if k in COMPARED}
     ens = load_ensemble(entry["ensemble"])
     G = _G_rows(ens.fields)

@@ -28,6 +28,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -53,6 +54,14 @@ KAPPAS = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70)
 
 def action_at(kappa: float):
     return make_action("complex-phi4", t=kappa, mu=1 - 2 * LAM, lam=LAM)
+
+
+def loss_curve(run: Path, points: int = 200) -> list[list[float]]:
+    """``[[step, seconds, mean loss], ...]``: the run's training loss, averaged over ``points`` equal windows."""
+    rows = read_metrics(run)[0]
+    size = max(1, len(rows) // points)
+    return [[rows[i + size - 1]["step"], rows[i + size - 1]["time"], float(np.mean([r["loss"] for r in rows[i:i + size]]))]
+            for i in range(0, len(rows) - size + 1, size)]
 
 
 def scan(seed: int) -> dict:
@@ -92,6 +101,26 @@ def plot_scan(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_training(result: dict, path: Path) -> None:
+    """The training loss per site against CPU-minutes, every phase (the L/2 stage of a curriculum first)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for phase, tr in result.get("train", {}).items():
+        if "loss_curve" not in tr:
+            continue
+        L, t0 = tr["config"]["L"], 0.0
+        if "small_loss_curve" in tr:
+            c = np.array(tr["small_loss_curve"])
+            ax.plot(c[:, 1] / 60, c[:, 2] / tr["small_L"] ** 2, lw=1, ls=":", label=f"{phase}, L = {tr['small_L']}")
+            t0 = tr["small_seconds"] / 60
+        c = np.array(tr["loss_curve"])
+        ax.plot(t0 + c[:, 1] / 60, c[:, 2] / L ** 2, lw=1, label=f"{phase}, L = {L}")
+    ax.set(xlabel="CPU-minutes", ylabel="loss per site  (E[ln q + S] / V)", title="holography flows: training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(result: dict) -> str:
     lines = ["| phase | κ | coords | total bulk MI (nats) | H³: ξ, h0, χ²/dof | flat: ξ, c, χ²/dof | AIC flat − H³ | "
              "boundary G(r) fit |", "|---|---|---|---|---|---|---|---|"]
@@ -118,6 +147,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stages", default="scan,train,probe")
     p.add_argument("--minutes", type=float, default=10.0, help="flow training budget per point")
+    p.add_argument("--small-minutes", type=float, default=0.0, help="train: first this many minutes at L/2, then "
+                   "--minutes at L from its weights (the curriculum; 0: none)")
     p.add_argument("--L", type=int, default=32)
     p.add_argument("--n", type=int, default=200, help="recorded sampler steps per chain for the probes")
     p.add_argument("--phases", default="critical,massive", help="comma-separated subset of critical, massive")
@@ -161,12 +192,22 @@ def main() -> None:
                         "train": old, "probes": {c: result.get("probes", {}).pop(f"{phase}-{c}", None)
                                                  for c in ("flow", "haar")}}
                 shutil.rmtree(run, ignore_errors=True)
+                curriculum = {}
+                if args.small_minutes:  # the curriculum L/2 -> L: a plain weight copy (conv flows do not depend on L)
+                    small = work / f"{phase}-L{args.L // 2}"
+                    shutil.rmtree(small, ignore_errors=True)
+                    small_summary = train(replace(cfg, L=args.L // 2, minutes=args.small_minutes), small)
+                    cfg = replace(cfg, init_from=str(small))
+                    curriculum = {"small_L": args.L // 2, "small_steps": small_summary["step"],
+                                  "small_seconds": small_summary["elapsed"],
+                                  "small_loss_curve": loss_curve(small)}
                 summary = train(cfg, run)
                 losses = [m["loss"] for m in read_metrics(run)[0]]
                 tenth = max(1, len(losses) // 10)
                 result.setdefault("train", {})[phase] = {
                     "steps": summary["step"], "seconds": summary["elapsed"], "config": cfg.to_dict(),
-                    "loss_tenths": [float(np.mean(losses[-2 * tenth:-tenth])), float(np.mean(losses[-tenth:]))]}
+                    "loss_tenths": [float(np.mean(losses[-2 * tenth:-tenth])), float(np.mean(losses[-tenth:]))],
+                    "loss_curve": loss_curve(run), **curriculum}
                 save()
             if "probe" in stages:
                 opened = open_run(run, "flow")  # one set of exact-target samples, probed in both coordinates
@@ -187,6 +228,7 @@ def main() -> None:
                         for name in ("bulk_correlation", "mutual_information", "boundary_correlator"):
                             shutil.copy(work / f"probe-{phase}-{coords}" / f"{name}.png", figures / f"holography_{name}.png")
     plot_scan(result, figures / "holography_phase_scan.png")
+    plot_training(result, figures / "holography_training.png")
     print(table(result))
 
 
