@@ -86,8 +86,23 @@ def choose_points(rows: dict) -> dict:
     return {"critical": float(crit), "massive": float(massive), "ratio_32_over_16": ratio.tolist()}
 
 
+def eta_fss(rows: dict) -> list[list[float]]:
+    """``[[kappa, eta, error], ...]`` from the finite-size scaling ``chi ~ L^(2 - eta)`` between L = 16 and 32:
+    ``eta = 2 - log2(chi_32 / chi_16)``, the error propagated from both chi errors (independent chains).
+    Throughout a BKT phase ``eta <= 1/4``, and ``eta = 1/4`` at its edge; in the massive phase ``eta -> 2``."""
+    a, b = np.array(rows["16"], dtype=float), np.array(rows["32"], dtype=float)
+    q = b[:, 3] / a[:, 3]
+    err = np.hypot(a[:, 4] / a[:, 3], b[:, 4] / b[:, 3]) / np.log(2)
+    return [[float(k), float(e), float(d)] for k, e, d in zip(a[:, 0], 2 - np.log2(q), err)]
+
+
 def plot_scan(result: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    eta = np.array(eta_fss(result["scan"]))
+    bx.errorbar(eta[:, 0], eta[:, 1], eta[:, 2], marker="o", capsize=2, color="k")
+    bx.axhline(0.25, color="r", lw=1, ls=":", label="η = 1/4 (BKT edge)")
+    bx.set(xlabel="κ", ylabel="η = 2 − log₂(χ₃₂ / χ₁₆)", title="η from finite-size scaling of χ (HMC)")
+    bx.legend(fontsize=8)
     for L, rows in result["scan"].items():
         r = np.array(rows, dtype=float)
         ax.errorbar(r[:, 0], r[:, 1], r[:, 2], marker="o", capsize=2, label=f"L = {L}")
@@ -103,6 +118,8 @@ def plot_scan(result: dict, path: Path) -> None:
 
 def plot_training(result: dict, path: Path) -> None:
     """The training loss per site against CPU-minutes, every phase (the L/2 stage of a curriculum first)."""
+    if not any("loss_curve" in tr for tr in result.get("train", {}).values()):
+        return  # runs recorded before the curves were stored
     fig, ax = plt.subplots(figsize=(6, 4))
     for phase, tr in result.get("train", {}).items():
         if "loss_curve" not in tr:
@@ -227,6 +244,9 @@ def main() -> None:
                     if coords == "flow" and phase == "critical":
                         for name in ("bulk_correlation", "mutual_information", "boundary_correlator"):
                             shutil.copy(work / f"probe-{phase}-{coords}" / f"{name}.png", figures / f"holography_{name}.png")
+    if "scan" in result:
+        result["eta_fss"] = eta_fss(result["scan"])
+        save()
     plot_scan(result, figures / "holography_phase_scan.png")
     plot_training(result, figures / "holography_training.png")
     print(table(result))
