@@ -7,6 +7,9 @@ Stages (one after the other, one torch thread):
    In the disordered (massive) phase xi_2/L falls with L; in the quasi-long-range-ordered (BKT)
    phase the curves merge. The *critical* point is the first kappa where
    (xi_2/L)_32 / (xi_2/L)_16 > 0.95, the *massive* one the largest kappa with xi_2(32) < 3.
+   ``fss`` (not in the default stages): HMC at L = 16, 32 and 64 on the critical side, ``--fss-n``
+   trajectories per chain; ``eta = 2 - log2(chi_2L / chi_L)`` between consecutive sizes pins the
+   BKT phase (``eta <= 1/4``). Both stages' eta are in ``eta_fss``.
 2. ``train``: the default flow by reverse KL at both points (``--minutes`` each); the flatness of its
    loss is recorded (mean loss of the last tenth of the steps against the tenth before). Retraining a
    point with another block kind keeps the previous flow's rows under ``earlier_flow``.
@@ -20,6 +23,7 @@ merges its own phase's rows into the JSON when it saves.
 Usage::
 
     python experiments/holography.py               # everything (about 30 min)
+    python experiments/holography.py --stages fss   # eta from HMC at L = 16, 32, 64 (about 25 min)
     python experiments/holography.py --report      # figures and table from the JSON
 """
 from __future__ import annotations
@@ -50,6 +54,7 @@ from rgflow.runs import open_run  # noqa: E402
 
 LAM = 1.0
 KAPPAS = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70)
+FSS_KAPPAS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.70)
 
 
 def action_at(kappa: float):
@@ -64,13 +69,15 @@ def loss_curve(run: Path, points: int = 200) -> list[list[float]]:
             for i in range(0, len(rows) - size + 1, size)]
 
 
-def scan(seed: int) -> dict:
+def scan(seed: int, sizes=(16, 32), kappas=KAPPAS, n: int = 1000) -> dict:
+    """HMC (16 chains, ``n`` trajectories after 300 of warm-up) at every size and kappa: rows
+    ``[kappa, xi2/L, error, chi, error, thermalized]`` per size."""
     rows = {}
-    for L in (16, 32):
+    for L in sizes:
         rows[str(L)] = []
-        for k in KAPPAS:
+        for k in kappas:
             a = action_at(k)
-            s = summarize(run_sampler("hmc", a, L, 1000, 16, seed, warmup=300), a, L)
+            s = summarize(run_sampler("hmc", a, L, n, 16, seed, warmup=300), a, L)
             xi, dxi = s["observables"]["xi2"]
             rows[str(L)].append([k, xi / L, dxi / L, *s["observables"]["chi"], s["thermalized"]])
             print(f"L={L} kappa={k}: xi2/L = {format_value_error(xi / L, dxi / L)}, "
@@ -86,22 +93,31 @@ def choose_points(rows: dict) -> dict:
     return {"critical": float(crit), "massive": float(massive), "ratio_32_over_16": ratio.tolist()}
 
 
-def eta_fss(rows: dict) -> list[list[float]]:
-    """``[[kappa, eta, error], ...]`` from the finite-size scaling ``chi ~ L^(2 - eta)`` between L = 16 and 32:
-    ``eta = 2 - log2(chi_32 / chi_16)``, the error propagated from both chi errors (independent chains).
-    Throughout a BKT phase ``eta <= 1/4``, and ``eta = 1/4`` at its edge; in the massive phase ``eta -> 2``."""
-    a, b = np.array(rows["16"], dtype=float), np.array(rows["32"], dtype=float)
-    q = b[:, 3] / a[:, 3]
-    err = np.hypot(a[:, 4] / a[:, 3], b[:, 4] / b[:, 3]) / np.log(2)
-    return [[float(k), float(e), float(d)] for k, e, d in zip(a[:, 0], 2 - np.log2(q), err)]
+def eta_fss(rows: dict) -> dict:
+    """``{"16-32": [[kappa, eta, error], ...], ...}`` for each pair of consecutive sizes, from the finite-size
+    scaling ``chi ~ L^(2 - eta)``: ``eta = 2 - log2(chi_2L / chi_L)``, the error propagated from both chi
+    errors (independent chains). Throughout a BKT phase ``eta <= 1/4``, with ``eta = 1/4`` at its edge; in the
+    massive phase ``eta -> 2``."""
+    sizes = sorted(rows, key=int)
+    out = {}
+    for small, large in zip(sizes, sizes[1:]):
+        a, b = np.array(rows[small], dtype=float), np.array(rows[large], dtype=float)
+        q = b[:, 3] / a[:, 3]
+        err = np.hypot(a[:, 4] / a[:, 3], b[:, 4] / b[:, 3]) / np.log(int(large) / int(small))
+        eta = 2 - np.log(q) / np.log(int(large) / int(small))
+        out[f"{small}-{large}"] = [[float(k), float(e), float(d)] for k, e, d in zip(a[:, 0], eta, err)]
+    return out
 
 
 def plot_scan(result: dict, path: Path) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    eta = np.array(eta_fss(result["scan"]))
-    bx.errorbar(eta[:, 0], eta[:, 1], eta[:, 2], marker="o", capsize=2, color="k")
+    for name, rows in (("scan", result["scan"]), ("fss", result.get("fss"))):
+        for pair, eta in (eta_fss(rows) if rows else {}).items():
+            eta = np.array(eta)
+            bx.errorbar(eta[:, 0], eta[:, 1], eta[:, 2], marker="o" if name == "scan" else "s", capsize=2,
+                        label=f"L = {pair.replace('-', ' → ')} ({name}, {'1000' if name == 'scan' else result['fss_n']} traj.)")
     bx.axhline(0.25, color="r", lw=1, ls=":", label="η = 1/4 (BKT edge)")
-    bx.set(xlabel="κ", ylabel="η = 2 − log₂(χ₃₂ / χ₁₆)", title="η from finite-size scaling of χ (HMC)")
+    bx.set(xlabel="κ", ylabel="η = 2 − log₂(χ(2L) / χ(L))", title="η from finite-size scaling of χ (HMC)")
     bx.legend(fontsize=8)
     for L, rows in result["scan"].items():
         r = np.array(rows, dtype=float)
@@ -162,7 +178,8 @@ def table(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stages", default="scan,train,probe")
+    p.add_argument("--stages", default="scan,train,probe", help="comma-separated subset of scan, fss, train, probe")
+    p.add_argument("--fss-n", type=int, default=4000, help="fss: HMC trajectories per chain at each size and kappa")
     p.add_argument("--minutes", type=float, default=10.0, help="flow training budget per point")
     p.add_argument("--small-minutes", type=float, default=0.0, help="train: first this many minutes at L/2, then "
                    "--minutes at L from its weights (the curriculum; 0: none)")
@@ -172,6 +189,8 @@ def main() -> None:
     add_output_arguments(p, "holography")
     args = p.parse_args()
     stages = args.stages.split(",")
+    if set(stages) - {"scan", "fss", "train", "probe"}:
+        p.error("allowed stages: scan, fss, train, probe")
     out, work = Path(args.out), Path(args.work)
     result = json.loads(out.read_text()) if out.exists() else {}
 
@@ -196,6 +215,9 @@ def main() -> None:
             result["scan"] = scan(args.seed)
             result["points"] = choose_points(result["scan"])
             print("points:", result["points"], flush=True)
+            save()
+        if "fss" in stages:  # a third size and longer chains on the critical side, for eta
+            result["fss"], result["fss_n"] = scan(args.seed, (16, 32, 64), FSS_KAPPAS, args.fss_n), args.fss_n
             save()
         for phase in phases:
             kappa = result["points"][phase]
@@ -245,7 +267,7 @@ def main() -> None:
                         for name in ("bulk_correlation", "mutual_information", "boundary_correlator"):
                             shutil.copy(work / f"probe-{phase}-{coords}" / f"{name}.png", figures / f"holography_{name}.png")
     if "scan" in result:
-        result["eta_fss"] = eta_fss(result["scan"])
+        result["eta_fss"] = {"scan": eta_fss(result["scan"]), **({"fss": eta_fss(result["fss"])} if "fss" in result else {})}
         save()
     plot_scan(result, figures / "holography_phase_scan.png")
     plot_training(result, figures / "holography_training.png")
