@@ -173,6 +173,7 @@ def probe(run: str | Path, n: int = 200, chains: int = 16, sampler: str = "auto"
                                                           bulk["mi"], bulk["mi_err"])],
         "mi_ksg": [{"latents": [i, j], "levels": [int(bc[i, 0]), int(bc[j, 0])], "value": v} for (i, j), v in zip(pairs, ksg)],
         "total_mi_gaussian": bulk["total_mi"],
+        "total_mi_gaussian_plain": bulk["total_mi_plain"],
         "boundary_correlator": boundary,
         "boundary_fits": fit_boundary(boundary, layout.L),
         "seconds": {"sampling": t1 - t0, "analysis": time.perf_counter() - t1},
