@@ -133,22 +133,25 @@ def plot_scan(result: dict, path: Path) -> None:
 
 
 def plot_training(result: dict, path: Path) -> None:
-    """The training loss per site against CPU-minutes, every phase (the L/2 stage of a curriculum first)."""
-    if not any("loss_curve" in tr for tr in result.get("train", {}).values()):
+    """The training loss per site against CPU-minutes, a panel per phase (the L/2 stage of a curriculum first)."""
+    phases = [(phase, tr) for phase, tr in result.get("train", {}).items() if "loss_curve" in tr]
+    if not phases:
         return  # runs recorded before the curves were stored
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for phase, tr in result.get("train", {}).items():
-        if "loss_curve" not in tr:
-            continue
-        L, t0 = tr["config"]["L"], 0.0
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 4), squeeze=False)
+    for ax, (phase, tr) in zip(axes[0], phases):
+        L, t0, shown = tr["config"]["L"], 0.0, []
         if "small_loss_curve" in tr:
             c = np.array(tr["small_loss_curve"])
-            ax.plot(c[:, 1] / 60, c[:, 2] / tr["small_L"] ** 2, lw=1, ls=":", label=f"{phase}, L = {tr['small_L']}")
-            t0 = tr["small_seconds"] / 60
+            ax.plot(c[:, 1] / 60, c[:, 2] / tr["small_L"] ** 2, lw=1, ls=":", label=f"L = {tr['small_L']}")
+            t0, shown = tr["small_seconds"] / 60, [c[len(c) // 10:, 2] / tr["small_L"] ** 2]
         c = np.array(tr["loss_curve"])
-        ax.plot(t0 + c[:, 1] / 60, c[:, 2] / L ** 2, lw=1, label=f"{phase}, L = {L}")
-    ax.set(xlabel="CPU-minutes", ylabel="loss per site  (E[ln q + S] / V)", title="holography flows: training")
-    ax.legend(fontsize=8)
+        ax.plot(t0 + c[:, 1] / 60, c[:, 2] / L**2, lw=1, label=f"L = {L}, from the L = {tr.get('small_L', '–')} weights"
+                if "small_L" in tr else f"L = {L}")
+        y = np.concatenate([*shown, c[:, 2] / L**2])
+        ax.set_ylim(y.min() - 0.002, np.percentile(y, 98) + 0.002)
+        ax.set(xlabel="CPU-minutes", ylabel="loss per site  (E[ln q + S] / V)",
+               title=f"{phase}, κ = {result['points'][phase]}: {tr['steps']} steps at L = {L}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
