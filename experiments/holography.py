@@ -7,9 +7,9 @@ Stages (one after the other, one torch thread):
    In the disordered (massive) phase xi_2/L falls with L; in the quasi-long-range-ordered (BKT)
    phase the curves merge. The *critical* point is the first kappa where
    (xi_2/L)_32 / (xi_2/L)_16 > 0.95, the *massive* one the largest kappa with xi_2(32) < 3.
-   ``fss`` (not in the default stages): HMC at L = 16, 32 and 64 on the critical side, ``--fss-n``
-   trajectories per chain; ``eta = 2 - log2(chi_2L / chi_L)`` between consecutive sizes pins the
-   BKT phase (``eta <= 1/4``). Both stages' eta are in ``eta_fss``.
+   ``fss`` (not in the default stages): the embedded cluster update with HMC (``--fss-sampler``) at
+   L = 16, 32 and 64 on the critical side, ``--fss-n`` steps per chain; ``eta = 2 - log2(chi_2L / chi_L)``
+   between consecutive sizes pins the BKT phase (``eta <= 1/4``). Both stages' eta are in ``eta_fss``.
 2. ``train``: the default flow by reverse KL at both points (``--minutes`` each); the flatness of its
    loss is recorded (mean loss of the last tenth of the steps against the tenth before). Retraining a
    point with another block kind keeps the previous flow's rows under ``earlier_flow``.
@@ -23,7 +23,7 @@ merges its own phase's rows into the JSON when it saves.
 Usage::
 
     python experiments/holography.py               # everything (about 30 min)
-    python experiments/holography.py --stages fss   # eta from HMC at L = 16, 32, 64 (about 25 min)
+    python experiments/holography.py --stages fss   # eta from L = 16, 32, 64 (about 15 min)
     python experiments/holography.py --report      # figures and table from the JSON
 """
 from __future__ import annotations
@@ -69,15 +69,15 @@ def loss_curve(run: Path, points: int = 200) -> list[list[float]]:
             for i in range(0, len(rows) - size + 1, size)]
 
 
-def scan(seed: int, sizes=(16, 32), kappas=KAPPAS, n: int = 1000) -> dict:
-    """HMC (16 chains, ``n`` trajectories after 300 of warm-up) at every size and kappa: rows
+def scan(seed: int, sizes=(16, 32), kappas=KAPPAS, n: int = 1000, sampler: str = "hmc") -> dict:
+    """``sampler`` (16 chains, ``n`` steps after 300 of warm-up) at every size and kappa: rows
     ``[kappa, xi2/L, error, chi, error, thermalized]`` per size."""
     rows = {}
     for L in sizes:
         rows[str(L)] = []
         for k in kappas:
             a = action_at(k)
-            s = summarize(run_sampler("hmc", a, L, n, 16, seed, warmup=300), a, L)
+            s = summarize(run_sampler(sampler, a, L, n, 16, seed, warmup=300), a, L)
             xi, dxi = s["observables"]["xi2"]
             rows[str(L)].append([k, xi / L, dxi / L, *s["observables"]["chi"], s["thermalized"]])
             print(f"L={L} kappa={k}: xi2/L = {format_value_error(xi / L, dxi / L)}, "
@@ -115,17 +115,22 @@ def plot_scan(result: dict, path: Path) -> None:
         for pair, eta in (eta_fss(rows) if rows else {}).items():
             eta = np.array(eta)
             bx.errorbar(eta[:, 0], eta[:, 1], eta[:, 2], marker="o" if name == "scan" else "s", capsize=2,
-                        label=f"L = {pair.replace('-', ' → ')} ({name}, {'1000' if name == 'scan' else result['fss_n']} traj.)")
+                        label=f"L = {pair.replace('-', ' → ')} ({name}: " + ("hmc, 1000" if name == "scan" else
+                              f"{result.get('fss_sampler', 'hmc')}, {result['fss_n']}") + " steps)")
     bx.axhline(0.25, color="r", lw=1, ls=":", label="η = 1/4 (BKT edge)")
-    bx.set(xlabel="κ", ylabel="η = 2 − log₂(χ(2L) / χ(L))", title="η from finite-size scaling of χ (HMC)")
+    bx.set(xlabel="κ", ylabel="η = 2 − log₂(χ(2L) / χ(L))", title="η from finite-size scaling of χ")
     bx.legend(fontsize=8)
     for L, rows in result["scan"].items():
         r = np.array(rows, dtype=float)
-        ax.errorbar(r[:, 0], r[:, 1], r[:, 2], marker="o", capsize=2, label=f"L = {L}")
+        ax.errorbar(r[:, 0], r[:, 1], r[:, 2], marker="o", capsize=2, label=f"L = {L} (scan: hmc)")
+    for L, rows in result.get("fss", {}).items():
+        r = np.array(rows, dtype=float)
+        ax.errorbar(r[:, 0], r[:, 1], r[:, 2], marker="s", ls="--", capsize=2,
+                    label=f"L = {L} (fss: {result.get('fss_sampler', 'hmc')})")
     for name, style in (("critical", "-"), ("massive", "--")):
         if name in result.get("points", {}):
             ax.axvline(result["points"][name], color="k", ls=style, lw=1, label=f"{name}: κ = {result['points'][name]}")
-    ax.set(xlabel="κ (= t; μ = 1 − 2λ, λ = 1)", ylabel="ξ₂ / L", title="complex φ⁴: phase scan (HMC)")
+    ax.set(xlabel="κ (= t; μ = 1 − 2λ, λ = 1)", ylabel="ξ₂ / L", title="complex φ⁴: phase scan")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -158,7 +163,7 @@ def plot_training(result: dict, path: Path) -> None:
 
 
 def table(result: dict) -> str:
-    lines = ["| phase | κ | coords | total bulk MI (nats) | H³: ξ, h0, χ²/dof | flat: ξ, c, χ²/dof | AIC flat − H³ | "
+    lines = ["| phase | κ | coords | total bulk MI (nats) [plain sum] | H³: ξ, h0, χ²/dof | flat: ξ, c, χ²/dof | AIC flat − H³ | "
              "boundary G(r) fit |", "|---|---|---|---|---|---|---|---|"]
     for key, res in result.get("probes", {}).items():
         phase, coords = key.split("-")
@@ -173,7 +178,8 @@ def table(result: dict) -> str:
         bf = res["boundary_fits"]
         bstr = (f"{bf['preferred']} (η = {bf['power_law']['eta']:.2f}, ξ = {bf['exponential']['xi']:.2f})"
                 if bf.get("preferred") else "–")
-        lines.append(f"| {phase} | {result['points'][phase]} | {coords} | {format_value_error(*res['total_mi_gaussian'])} | "
+        lines.append(f"| {phase} | {result['points'][phase]} | {coords} | {format_value_error(*res['total_mi_gaussian'])}"
+                     f"{' [%.0f]' % res['total_mi_gaussian_plain'] if 'total_mi_gaussian_plain' in res else ''} | "
                      f"{fit('hyperbolic', 'h0')} | {fit('flat', 'c')} | "
                      f"{g.get('delta_aic_flat_minus_hyperbolic', float('nan')):.1f} | {bstr} |")
     return "\n".join(lines)
@@ -182,7 +188,9 @@ def table(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stages", default="scan,train,probe", help="comma-separated subset of scan, fss, train, probe")
-    p.add_argument("--fss-n", type=int, default=4000, help="fss: HMC trajectories per chain at each size and kappa")
+    p.add_argument("--fss-n", type=int, default=2000, help="fss: sampler steps per chain at each size and kappa")
+    p.add_argument("--fss-sampler", default="cluster-hmc", choices=("cluster-hmc", "hmc"),
+                   help="fss: the chain (plain HMC chains of 3000 trajectories do not equilibrate L = 64 at kappa >= 0.5)")
     p.add_argument("--minutes", type=float, default=10.0, help="flow training budget per point")
     p.add_argument("--small-minutes", type=float, default=0.0, help="train: first this many minutes at L/2, then "
                    "--minutes at L from its weights (the curriculum; 0: none)")
@@ -220,7 +228,8 @@ def main() -> None:
             print("points:", result["points"], flush=True)
             save()
         if "fss" in stages:  # a third size and longer chains on the critical side, for eta
-            result["fss"], result["fss_n"] = scan(args.seed, (16, 32, 64), FSS_KAPPAS, args.fss_n), args.fss_n
+            result["fss"] = scan(args.seed, (16, 32, 64), FSS_KAPPAS, args.fss_n, args.fss_sampler)
+            result["fss_n"], result["fss_sampler"] = args.fss_n, args.fss_sampler
             save()
         for phase in phases:
             kappa = result["points"][phase]
