@@ -61,9 +61,9 @@ def action_at(kappa: float):
     return make_action("complex-phi4", t=kappa, mu=1 - 2 * LAM, lam=LAM)
 
 
-def loss_curve(run: Path, points: int = 200) -> list[list[float]]:
-    """``[[step, seconds, mean loss], ...]``: the run's training loss, averaged over ``points`` equal windows."""
-    rows = read_metrics(run)[0]
+def loss_curve(rows: list[dict], points: int = 200) -> list[list[float]]:
+    """``[[step, seconds, mean loss], ...]``: a run's training loss (its metrics rows), averaged over ``points``
+    equal windows."""
     size = max(1, len(rows) // points)
     return [[rows[i + size - 1]["step"], rows[i + size - 1]["time"], float(np.mean([r["loss"] for r in rows[i:i + size]]))]
             for i in range(0, len(rows) - size + 1, size)]
@@ -251,14 +251,15 @@ def main() -> None:
                     cfg = replace(cfg, init_from=str(small))
                     curriculum = {"small_L": args.L // 2, "small_steps": small_summary["step"],
                                   "small_seconds": small_summary["elapsed"],
-                                  "small_loss_curve": loss_curve(small)}
+                                  "small_loss_curve": loss_curve(read_metrics(small)[0])}
                 summary = train(cfg, run)
-                losses = [m["loss"] for m in read_metrics(run)[0]]
+                rows = read_metrics(run)[0]
+                losses = [m["loss"] for m in rows]
                 tenth = max(1, len(losses) // 10)
                 result.setdefault("train", {})[phase] = {
                     "steps": summary["step"], "seconds": summary["elapsed"], "config": cfg.to_dict(),
                     "loss_tenths": [float(np.mean(losses[-2 * tenth:-tenth])), float(np.mean(losses[-tenth:]))],
-                    "loss_curve": loss_curve(run), **curriculum}
+                    "loss_curve": loss_curve(rows), **curriculum}
                 save()
             if "probe" in stages:
                 opened = open_run(run, "flow")  # one set of exact-target samples, probed in both coordinates

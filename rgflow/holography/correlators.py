@@ -104,13 +104,14 @@ def bulk_correlators(z: torch.Tensor, coords: torch.Tensor, L: int, n_blocks: in
     loo = [_from_moments(counts.sum() - counts[b], first.sum(0) - first[b], second.sum(0) - second[b], index, K, C)
            for b in range(n_blocks)]
 
+    loo_values = [torch.stack([torch.as_tensor(v[i]) for v in loo]) for i in range(3)]  # [B, ...] per quantity
+
     def jack(i):
-        vals = torch.stack([torch.as_tensor(v[i]) for v in loo])
+        vals = loo_values[i]
         return torch.sqrt((n_blocks - 1) / n_blocks * ((vals - vals.mean(0)) ** 2).sum(0))
 
     def unbiased(i):  # the jackknife bias correction B x - (B - 1) mean(x_-b), exact for O(1/N) biases
-        vals = torch.stack([torch.as_tensor(v[i]) for v in loo])
-        return n_blocks * torch.as_tensor(full[i]) - (n_blocks - 1) * vals.mean(0)
+        return n_blocks * torch.as_tensor(full[i]) - (n_blocks - 1) * loo_values[i].mean(0)
 
     sizes = torch.bincount(index[index >= 0], minlength=K)
     return {"keys": keys, "C": full[0].tolist(), "C_err": jack(0).tolist(), "mi": unbiased(1).tolist(),
