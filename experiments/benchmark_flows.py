@@ -48,7 +48,6 @@ ARCHS = {
     "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8},
     "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16},
     "conv-h16-c8-l3": {"block": "conv", "hidden": 16, "n_couplings": 8, "layers": 3},
-    "conv-h16-c8-sa": {"block": "conv", "hidden": 16, "n_couplings": 8, "conv_coupling": "spline-affine"},
     "conv-h16-c8-bins24": {"block": "conv", "hidden": 16, "n_couplings": 8, "num_bins": 24},
     "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine"},
     "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
