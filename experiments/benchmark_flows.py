@@ -33,25 +33,26 @@ from rgflow.train import evaluate, train
 #: models: phi^4 at xi ~ 8 (L = 32), and the Ising model at T_c (HS relaxation; cases named ``ising-...``)
 PHYSICS = {"phi4": {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}, "ising": {"action": "ising"}}
 #: architectures: the per-cell spline blocks (the default before conv), the convolutional levels (conv-h16: the
-#: default since, with 8 couplings since conv-h16-c8), the ODE-CNN levels, the flat baseline; every width and
-#: number of couplings explicit, so that a case means what it did
+#: default since, with 8 couplings since conv-h16-c8, with the walled prior since conv-h16-c8-wall), the ODE-CNN
+#: levels, the flat baseline; every width, number of couplings and prior explicit, so that a case means what it did
 ARCHS = {
-    "spline": {"block": "spline", "hidden": 32},
-    "conv": {"block": "conv", "n_couplings": 4, "hidden": 32},
-    "conv-h16": {"block": "conv", "n_couplings": 4, "hidden": 16},
-    "conv-z2": {"block": "conv", "n_couplings": 4, "hidden": 32, "equivariant": True},
-    "conv-h16-z2": {"block": "conv", "n_couplings": 4, "hidden": 16, "equivariant": True},
-    "conv-h16-pg": {"block": "conv", "n_couplings": 4, "hidden": 16, "path_gradient": True},
-    "conv-h16-own0": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_finest": True},
-    "conv-h16-bins16": {"block": "conv", "n_couplings": 4, "hidden": 16, "num_bins": 16},
-    "conv-h16-lr6": {"block": "conv", "n_couplings": 4, "hidden": 16, "lr": 6e-3},
-    "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8},
-    "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16},
-    "conv-h16-c8-l3": {"block": "conv", "hidden": 16, "n_couplings": 8, "layers": 3},
-    "conv-h16-c8-bins24": {"block": "conv", "hidden": 16, "n_couplings": 8, "num_bins": 24},
-    "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine"},
-    "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
-    "flat": {"flow": "flat"},
+    "spline": {"block": "spline", "hidden": 32, "prior": "normal"},
+    "conv": {"block": "conv", "n_couplings": 4, "hidden": 32, "prior": "normal"},
+    "conv-h16": {"block": "conv", "n_couplings": 4, "hidden": 16, "prior": "normal"},
+    "conv-z2": {"block": "conv", "n_couplings": 4, "hidden": 32, "equivariant": True, "prior": "normal"},
+    "conv-h16-z2": {"block": "conv", "n_couplings": 4, "hidden": 16, "equivariant": True, "prior": "normal"},
+    "conv-h16-pg": {"block": "conv", "n_couplings": 4, "hidden": 16, "path_gradient": True, "prior": "normal"},
+    "conv-h16-own0": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_finest": True, "prior": "normal"},
+    "conv-h16-bins16": {"block": "conv", "n_couplings": 4, "hidden": 16, "num_bins": 16, "prior": "normal"},
+    "conv-h16-lr6": {"block": "conv", "n_couplings": 4, "hidden": 16, "lr": 6e-3, "prior": "normal"},
+    "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8, "prior": "normal"},
+    "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16, "prior": "normal"},
+    "conv-h16-c8-l3": {"block": "conv", "hidden": 16, "n_couplings": 8, "layers": 3, "prior": "normal"},
+    "conv-h16-c8-bins24": {"block": "conv", "hidden": 16, "n_couplings": 8, "num_bins": 24, "prior": "normal"},
+    "conv-h16-c8-wall": {"block": "conv", "hidden": 16, "n_couplings": 8, "prior": "normal-wall"},
+    "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine", "prior": "normal"},
+    "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4, "prior": "normal"},
+    "flat": {"flow": "flat", "prior": "normal"},
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from pathlib import Path
 
-from rgflow.defaults import FLOW_DEFAULTS, block_defaults, default_block, spline_range
+from rgflow.defaults import FLOW_DEFAULTS, block_defaults, default_block, default_prior, spline_range
 from rgflow.flows.conv import CONV_COUPLINGS
 from rgflow.flows.ode import ODE_METHODS
 from rgflow.flows.priors import PRIOR_KINDS
@@ -220,7 +220,8 @@ class TrainConfig(LoopConfig):
     depth: int | None = option(None, "truncate the hierarchy to this many levels", group="flow")
     num_bins: int | None = option(None, "spline bins", group="flow")
     tail_bound: float | None = option(None, "spline interval [-B, B]", group="flow")
-    prior: str = option(FLOW_DEFAULTS["prior"], choices=PRIOR_KINDS, group="flow")
+    prior: str | None = option(None, "latent prior (default normal-wall for --action phi4, normal otherwise)",
+                               choices=PRIOR_KINDS, group="flow")
     learn_level_scale: bool | None = None  # None: learned per-level prior scales, except for block 'conv'
     equivariant: bool = option(False, "exactly equivariant blocks: Z2-odd (phi -> -phi) for real fields, U(1) for "
                                "complex (ode)", group="flow")
@@ -271,6 +272,8 @@ class TrainConfig(LoopConfig):
         if self.num_bins is None:
             self.num_bins = num_bins
         self.validate()
+        if self.prior is None:  # after validate(): the action's couplings are resolved
+            self.prior = default_prior(self.action, self.params)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -16,9 +16,10 @@ def _shapes(module):
 
 
 @pytest.mark.parametrize("block", [None, "spline"])
-@pytest.mark.parametrize("action,spline", [("phi4", {}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
+@pytest.mark.parametrize("action,spline", [("phi4", {"prior": "normal-wall"}), ("ising", {"num_bins": 12, "tail_bound": 10.0})])
 def test_build_flow_defaults_equal_the_training_config(action, spline, block):
-    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, width, prior, spline range),
+    """The README's Python snippet builds the flow `rgflow train` trains (same blocks, width, prior, spline range;
+    phi4 gets the walled prior),
     by default (conv levels of width 16, fixed level scales) and with per-cell spline blocks (width 32, learned
     level scales); for the Ising model `rgflow train` trains its Z2 mixture (--mixture auto)."""
     from rgflow.flows.conv import ConvCouplingStack
@@ -31,6 +32,7 @@ def test_build_flow_defaults_equal_the_training_config(action, spline, block):
         assert isinstance(cli, SymmetrizedFlow) and cli.group == "z2"
         cli = cli.flow
     assert _shapes(api) == _shapes(cli)
+    assert api.prior.kind == cli.prior.kind == cfg.prior
     if block is None:
         assert (cfg.block, cfg.hidden, cfg.learn_level_scale) == ("conv", 16, False)
         assert isinstance(api.conv_stack, ConvCouplingStack) and isinstance(cli.conv_stack, ConvCouplingStack)
@@ -44,6 +46,19 @@ def test_build_flow_defaults_equal_the_training_config(action, spline, block):
     assert (spl.num_bins, spl.tail_bound) == (cfg.num_bins, cfg.tail_bound)
     assert (api.sublayers[0].transform._transforms[0].tail_bound == spl.tail_bound)
     assert isinstance(api.prior.log_scale, torch.nn.Parameter)  # learned level scales, as in the CLI
+
+
+@pytest.mark.parametrize("action,params,prior", [
+    ("phi4", {}, "normal-wall"), ("phi4", {"m2": 1.0, "lam": 0.0}, "normal"), ("free", {}, "normal"),
+    ("ising", {}, "normal"), ("phi4-hopping", {}, "normal"), ("complex-phi4", {}, "normal"),
+])
+def test_the_default_prior_follows_the_action(action, params, prior):
+    """The walled prior for phi^4 with lam > 0 (quartic tails), the normal prior for Gaussian-tailed and
+    unmeasured actions; an explicit --prior wins; a saved config keeps its prior."""
+    cfg = TrainConfig(action=action, params=params, L=8, steps=1)
+    assert cfg.prior == prior
+    assert TrainConfig(action=action, params=params, L=8, steps=1, prior="laplace").prior == "laplace"
+    assert TrainConfig.from_dict(cfg.to_dict()).prior == prior
 
 
 def test_the_default_block_follows_the_hierarchy():
