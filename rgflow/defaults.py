@@ -51,7 +51,7 @@ def default_prior(action: str | None = None, params: dict | None = None) -> str:
     A phi^4 field's tails fall like ``e^{-lambda phi^4}``, while the splines' unit-slope ends pass a normal
     prior's rare 5-6 sigma latents almost unchanged into single-site spikes that cost thousands of nats of
     action; the soft wall shrinks the worst from ~4200 to 200-500 nats at no cost in ESS or KL at L = 16 and 32,
-    with twice the IMH acceptance at L = 64 (``docs/scale.md``). The free field (``phi4`` at ``lam = 0``
+    with a higher IMH acceptance at L = 64 (``docs/scale.md``). The free field (``phi4`` at ``lam = 0``
     included) and the Ising relaxation have Gaussian tails, which the normal prior matches; other actions were
     not measured.
     """
