@@ -34,26 +34,32 @@ from rgflow.train import evaluate, train
 PHYSICS = {"phi4": {"action": "phi4", "params": {"m2": -4.0, "lam": 4.572}}, "ising": {"action": "ising"}}
 #: architectures: the per-cell spline blocks (the default before conv), the convolutional levels (conv-h16: the
 #: default since, with 8 couplings since conv-h16-c8, with the walled prior since conv-h16-c8-wall), the ODE-CNN
-#: levels, the flat baseline; every width, number of couplings and prior explicit, so that a case means what it did
+#: levels, the flat baseline; every width, number of couplings and prior explicit (the prior through
+#: :func:`arch_config`), so that a case means what it did
 ARCHS = {
-    "spline": {"block": "spline", "hidden": 32, "prior": "normal"},
-    "conv": {"block": "conv", "n_couplings": 4, "hidden": 32, "prior": "normal"},
-    "conv-h16": {"block": "conv", "n_couplings": 4, "hidden": 16, "prior": "normal"},
-    "conv-z2": {"block": "conv", "n_couplings": 4, "hidden": 32, "equivariant": True, "prior": "normal"},
-    "conv-h16-z2": {"block": "conv", "n_couplings": 4, "hidden": 16, "equivariant": True, "prior": "normal"},
-    "conv-h16-pg": {"block": "conv", "n_couplings": 4, "hidden": 16, "path_gradient": True, "prior": "normal"},
-    "conv-h16-own0": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_finest": True, "prior": "normal"},
-    "conv-h16-bins16": {"block": "conv", "n_couplings": 4, "hidden": 16, "num_bins": 16, "prior": "normal"},
-    "conv-h16-lr6": {"block": "conv", "n_couplings": 4, "hidden": 16, "lr": 6e-3, "prior": "normal"},
-    "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8, "prior": "normal"},
-    "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16, "prior": "normal"},
-    "conv-h16-c8-l3": {"block": "conv", "hidden": 16, "n_couplings": 8, "layers": 3, "prior": "normal"},
-    "conv-h16-c8-bins24": {"block": "conv", "hidden": 16, "n_couplings": 8, "num_bins": 24, "prior": "normal"},
+    "spline": {"block": "spline", "hidden": 32},
+    "conv": {"block": "conv", "n_couplings": 4, "hidden": 32},
+    "conv-h16": {"block": "conv", "n_couplings": 4, "hidden": 16},
+    "conv-z2": {"block": "conv", "n_couplings": 4, "hidden": 32, "equivariant": True},
+    "conv-h16-z2": {"block": "conv", "n_couplings": 4, "hidden": 16, "equivariant": True},
+    "conv-h16-pg": {"block": "conv", "n_couplings": 4, "hidden": 16, "path_gradient": True},
+    "conv-h16-own0": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_finest": True},
+    "conv-h16-bins16": {"block": "conv", "n_couplings": 4, "hidden": 16, "num_bins": 16},
+    "conv-h16-lr6": {"block": "conv", "n_couplings": 4, "hidden": 16, "lr": 6e-3},
+    "conv-h16-c8": {"block": "conv", "hidden": 16, "n_couplings": 8},
+    "conv-h16-c16": {"block": "conv", "hidden": 16, "n_couplings": 16},
+    "conv-h16-c8-l3": {"block": "conv", "hidden": 16, "n_couplings": 8, "layers": 3},
+    "conv-h16-c8-bins24": {"block": "conv", "hidden": 16, "n_couplings": 8, "num_bins": 24},
     "conv-h16-c8-wall": {"block": "conv", "hidden": 16, "n_couplings": 8, "prior": "normal-wall"},
-    "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine", "prior": "normal"},
-    "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4, "prior": "normal"},
-    "flat": {"flow": "flat", "prior": "normal"},
+    "conv-h16-sa": {"block": "conv", "n_couplings": 4, "hidden": 16, "conv_coupling": "spline-affine"},
+    "ode-cnn": {"block": "ode-cnn", "hidden": 16, "layers": 2, "ode_steps": 4},
+    "flat": {"flow": "flat"},
 }
+
+
+def arch_config(arch: str) -> dict:
+    """The config overrides of ``arch``: its :data:`ARCHS` entry on the normal prior, the default before the walled one."""
+    return {"prior": "normal", **ARCHS[arch]}
 
 
 def parse_case(name: str) -> tuple[str, str, int, str | None, int | None]:
@@ -83,7 +89,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
     else:
         extra = {}
     cfg = TrainConfig(**PHYSICS[model], L=L, minutes=minutes, seed=seed, eval_every=10**9, device=device,
-                      batch_size=batch_size, **ARCHS[arch], **extra)
+                      batch_size=batch_size, **arch_config(arch), **extra)
     if eval_only:  # the run folder trained before: its checkpoint's step and time
         state = load_checkpoint(latest_checkpoint(run_dir))
         summary = {"step": state["step"], "elapsed": state["elapsed"]}
@@ -95,7 +101,7 @@ def run_case(name: str, minutes: float, n_eval: int, work: Path, seed: int, devi
     t0 = time.perf_counter()
     ev = evaluate(flow, cfg.make_action(), n_eval, seed=seed + 1)
     eval_seconds = time.perf_counter() - t0
-    row = {"arch": arch, "L": L, "batch_size": batch_size, "init_from": source, "config": ARCHS[arch], "n_params": n_params,
+    row = {"arch": arch, "L": L, "batch_size": batch_size, "init_from": source, "config": arch_config(arch), "n_params": n_params,
            "minutes": summary["elapsed"] / 60, "steps": summary["step"], "ess": ev["ess"],
            "imh_acceptance": ev["imh_acceptance"], "f_variational": ev["f_variational"],
            "f_variational_err": ev["f_variational_err"], "lnZ": ev["lnZ"], "lnZ_err": ev["lnZ_err"],

@@ -111,15 +111,12 @@ class Prior(nn.Module):
 
 def _walled_normal(shape: tuple[int, ...], ref: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draws of ``p(u) ∝ e^{-u^2/2 - (u/WALL)^8}`` of ``shape``: normal draws, each rejected with probability
-    ``1 - e^{-(u/WALL)^8}`` and drawn again until accepted."""
-    u = torch.empty(shape, dtype=ref.dtype, device=ref.device)
-    todo = torch.ones(shape, dtype=torch.bool, device=ref.device)
-    while bool(todo.any()):
-        n = int(todo.sum())
-        v = torch.randn(n, dtype=ref.dtype, device=ref.device, generator=generator)
-        keep = torch.rand(n, dtype=ref.dtype, device=ref.device, generator=generator) < torch.exp(-(v / WALL) ** 8)
-        idx = todo.nonzero(as_tuple=True)
-        idx = tuple(i[keep] for i in idx)
-        u[idx] = v[keep]
-        todo[idx] = False
-    return u
+    ``1 - e^{-(u/WALL)^8}`` and drawn again (in index order) until accepted."""
+    u = torch.empty(math.prod(shape), dtype=ref.dtype, device=ref.device)
+    todo = torch.arange(u.numel(), device=ref.device)  # flat indices still to draw
+    while todo.numel():
+        v = torch.randn(todo.numel(), dtype=ref.dtype, device=ref.device, generator=generator)
+        keep = torch.rand(todo.numel(), dtype=ref.dtype, device=ref.device, generator=generator) < torch.exp(-(v / WALL) ** 8)
+        u[todo[keep]] = v[keep]
+        todo = todo[~keep]
+    return u.view(shape)
